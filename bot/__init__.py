@@ -1,0 +1,1 @@
+"""Banana bot: a Discord image bot backed by Gemini 3.1 Flash Image."""

@@ -1,0 +1,1 @@
+"""The Discord surface: slash commands, context menus, buttons and modals."""

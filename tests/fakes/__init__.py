@@ -1,0 +1,1 @@
+"""Loopback doubles of the outside world (Gemini, Discord) speaking the real wire formats."""
