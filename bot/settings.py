@@ -49,7 +49,6 @@ class Settings(BaseSettings):
     max_pending_per_user: int = Field(default=2, ge=1, le=100)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    data_dir: Path = Path("data")
 
     @field_validator("gemini_base_url", "discord_api_base_url", "discord_gateway_url")
     @classmethod
@@ -85,10 +84,10 @@ class Settings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
 
-def load_settings(env_file: str | Path | None = ".env", **overrides: object) -> Settings:
+def load_settings(env_file: str | Path | None = ".env") -> Settings:
     """Build the settings or raise `SettingsError` naming each bad variable (never its value)."""
     try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file)  # type: ignore[call-arg]
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
