@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -44,9 +45,9 @@ def cli_env(base_url: str, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
-async def gemini() -> FakeGemini:
+async def gemini() -> AsyncIterator[FakeGemini]:
     async with FakeGemini(api_key=KEY) as fake:
-        yield fake  # type: ignore[misc]
+        yield fake
 
 
 async def test_generate_writes_the_image_and_prints_the_caption(

@@ -1,0 +1,57 @@
+"""Reference images: capped, timed downloads, then validation and normalisation off the loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import aiohttp
+
+from bot import images
+from bot.gemini import InputImage
+
+_TIMEOUT = aiohttp.ClientTimeout(total=30)
+_CHUNK = 256 * 1024
+
+
+class UnusableReference(Exception):
+    """A reference image cannot be used; the message says why in one short sentence."""
+
+
+class ReferenceLoader:
+    """Turns image URLs into images the model accepts, or raises `UnusableReference`."""
+
+    def __init__(self, http: aiohttp.ClientSession, cpu_slots: asyncio.Semaphore) -> None:
+        self._http = http
+        self._cpu_slots = cpu_slots
+
+    async def load(self, urls: Sequence[str]) -> tuple[InputImage, ...]:
+        blobs = await asyncio.gather(*(self._download(url) for url in urls))
+        prepared = []
+        for number, blob in enumerate(blobs, 1):
+            async with self._cpu_slots:
+                try:
+                    image = await asyncio.to_thread(images.prepare_input, blob)
+                except images.ImageError as exc:
+                    label = f"Image {number}" if len(urls) > 1 else "The image"
+                    raise UnusableReference(f"{label}: {exc}") from None
+            prepared.append(InputImage(image.data, image.mime_type))
+        return tuple(prepared)
+
+    async def _download(self, url: str) -> bytes:
+        limit = images.MAX_INPUT_BYTES
+        too_large = UnusableReference(f"An image is larger than {limit // 2**20} MiB.")
+        try:
+            async with self._http.get(url, timeout=_TIMEOUT) as response:
+                if response.status != 200:
+                    raise UnusableReference("An image is no longer available; upload it again.")
+                if (response.content_length or 0) > limit:
+                    raise too_large
+                body = bytearray()
+                async for chunk in response.content.iter_chunked(_CHUNK):
+                    body += chunk
+                    if len(body) > limit:
+                        raise too_large
+                return bytes(body)
+        except (aiohttp.ClientError, TimeoutError):
+            raise UnusableReference("An image could not be downloaded; try again.") from None

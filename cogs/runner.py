@@ -1,0 +1,365 @@
+"""Running one image job on Discord: refusal, status while queued and generating, the result."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import io
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import discord
+
+from bot import images
+from bot.gemini import (
+    ASPECT_RATIOS,
+    IMAGE_SIZES,
+    MAX_REFERENCE_IMAGES,
+    GeminiError,
+    GenerationResult,
+    ImageRequest,
+    InputImage,
+)
+from bot.jobs import ImageJobs, JobOutcome, Refused
+from bot.references import ReferenceLoader, UnusableReference
+from bot.scheduler import Job, JobCancelled, JobState
+from cogs.errors import InvalidInput, clip, describe
+
+log = logging.getLogger(__name__)
+
+PROMPT_MAX = 1000
+DISCORD_UPLOAD_CAP = 10 * 2**20  # bots are refused above this even where more is advertised
+STATUS_MIN_INTERVAL = 2.0  # seconds between two edits of one status message
+STATUS_REFRESH = 5.0  # how often the elapsed time is refreshed while generating
+# Interaction tokens live 15 minutes; past this age a result goes out as a channel message.
+TOKEN_SAFE_AGE = datetime.timedelta(minutes=14)
+
+Kind = Literal["imagine", "edit", "reroll", "upscale"]
+_TITLES: dict[str, str] = {
+    "imagine": "🎨 Imagine",
+    "edit": "✏️ Edit",
+    "reroll": "🎲 Reroll",
+    "upscale": "🔍 Upscale",
+}
+_REFERENCE_LINK = re.compile(r"\]\((\S+?)\)")
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """What a user asked for; written into the result message so buttons can recover it."""
+
+    kind: Kind
+    prompt: str
+    aspect_ratio: str | None = None
+    image_size: str | None = None
+    count: int = 1
+    reference_urls: tuple[str, ...] = field(default=())
+
+    def request(self) -> ImageRequest:
+        return ImageRequest(self.prompt, (), self.aspect_ratio, self.image_size)
+
+    def options_text(self) -> str:
+        parts = [self.aspect_ratio or "auto ratio", self.image_size or "1K"]
+        return " · ".join(parts)
+
+
+def check_order(order: Order) -> None:
+    """Refuse, before any work, an order that cannot succeed."""
+    if not order.prompt.strip():
+        raise InvalidInput("Tell me what to draw: the prompt is empty.")
+    if len(order.prompt) > PROMPT_MAX:
+        raise InvalidInput(f"The prompt is too long ({len(order.prompt)}/{PROMPT_MAX} characters).")
+    if len(order.reference_urls) > MAX_REFERENCE_IMAGES:
+        raise InvalidInput(f"At most {MAX_REFERENCE_IMAGES} images can be used at once.")
+
+
+def result_embed(order: Order, outcome: JobOutcome, requester: discord.abc.User) -> discord.Embed:
+    """The embed of a result message: what was asked, by whom, and the model's caption."""
+    embed = discord.Embed(title=_TITLES[order.kind], colour=discord.Colour.gold())
+    caption = "\n\n".join(outcome.captions)
+    if caption:
+        embed.description = clip(caption, 1500)
+    embed.add_field(name="Prompt", value=clip(order.prompt, 1024), inline=False)
+    embed.add_field(name="Options", value=order.options_text(), inline=True)
+    chunk = ""
+    for number, url in enumerate(order.reference_urls, 1):
+        link = f"[{number}]({url}) "
+        if len(chunk) + len(link) > 1024:
+            embed.add_field(name="References", value=chunk.strip(), inline=False)
+            chunk = ""
+        chunk += link
+    if chunk:
+        embed.add_field(name="References", value=chunk.strip(), inline=False)
+    failed = len(outcome.errors)
+    note = f" · {failed} of {failed + len(outcome.images)} failed" if failed else ""
+    embed.set_footer(text=f"by {requester.display_name}{note}")
+    return embed
+
+
+def read_order(message: discord.Message, kind: Kind) -> Order:
+    """Recover the order behind a result message from its embed (works across restarts)."""
+    if not message.embeds:
+        raise InvalidInput("This message has no request to repeat.")
+    fields = {f.name: f.value or "" for f in message.embeds[0].fields}
+    options = fields.get("Options", "").split(" · ")
+    ratio = next((o for o in options if o in ASPECT_RATIOS), None)
+    size = next((o for o in options if o in IMAGE_SIZES), None)
+    urls = tuple(
+        url
+        for f in message.embeds[0].fields
+        if f.name == "References"
+        for url in _REFERENCE_LINK.findall(f.value or "")
+    )
+    count = max(1, len(image_urls(message)))
+    return Order(kind, fields.get("Prompt", ""), ratio, size, count, urls)
+
+
+def image_urls(message: discord.Message) -> list[str]:
+    """URLs of the images a message shows: image attachments, then image embeds."""
+    urls = [a.url for a in message.attachments if _looks_like_image(a)]
+    for embed in message.embeds:
+        for media in (embed.image, embed.thumbnail):
+            if media.url and media.url not in urls:
+                urls.append(media.url)
+    return urls
+
+
+def _looks_like_image(attachment: discord.Attachment) -> bool:
+    # A first filter only; the bytes decide later whether it really is an image.
+    if attachment.content_type:
+        return attachment.content_type.startswith("image/")
+    return attachment.filename.lower().endswith((".png", ".jpg", ".jpeg", ".webp", ".gif"))
+
+
+def check_attachments(attachments: Sequence[discord.Attachment]) -> None:
+    """Refuse, from what Discord declares, attachments that cannot be used."""
+    for attachment in attachments:
+        if attachment.size > images.MAX_INPUT_BYTES:
+            raise InvalidInput(
+                f"`{clip(attachment.filename, 60)}` is too large "
+                f"({attachment.size / 2**20:.1f} MiB; the limit is "
+                f"{images.MAX_INPUT_BYTES // 2**20} MiB)."
+            )
+
+
+def upload_budget(guild: discord.Guild | None, interaction_limit: int | None = None) -> int:
+    """The most bytes one upload may carry here."""
+    budget = DISCORD_UPLOAD_CAP
+    if guild is not None:
+        budget = min(budget, guild.filesize_limit)
+    if interaction_limit:
+        budget = min(budget, interaction_limit)
+    return budget
+
+
+class CancelView(discord.ui.View):
+    """The Cancel button shown while a job waits in the queue."""
+
+    def __init__(self, job: Job[GenerationResult], owner: int) -> None:
+        super().__init__(timeout=None)
+        self._job = job
+        self._owner = owner
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary, emoji="✖️")
+    async def cancel(
+        self, interaction: discord.Interaction, _: discord.ui.Button[CancelView]
+    ) -> None:
+        if interaction.user.id != self._owner:
+            await interaction.response.send_message(
+                "Only the person who asked can cancel this.", ephemeral=True
+            )
+            return
+        if self._job.cancel():
+            await interaction.response.edit_message(content="✖️ Cancelled.", view=None)
+        else:
+            await interaction.response.send_message(
+                "Too late to cancel: it's already generating.", ephemeral=True
+            )
+
+
+def status_text(job: Job[GenerationResult]) -> str:
+    """The status line of a job: its place in the queue, then the time spent generating."""
+    position = job.position()
+    if job.state is JobState.QUEUED and position is not None:
+        return f"⏳ Queued — position {position}."
+    started = job.started_at or time.monotonic()
+    return f"🎨 Generating… {int(time.monotonic() - started)} s"
+
+
+class ShowStatus(Protocol):
+    """Puts a status line (and maybe a Cancel button) where the requester is looking."""
+
+    async def __call__(self, text: str, view: discord.ui.View | None) -> object: ...
+
+
+class Deliver(Protocol):
+    """Posts a finished result."""
+
+    async def __call__(
+        self, *, embed: discord.Embed, attachments: list[discord.File], view: discord.ui.View
+    ) -> None: ...
+
+
+class Runner:
+    """Takes an order from any surface (slash command, menu, button, reply) through to a result."""
+
+    def __init__(
+        self,
+        jobs: ImageJobs,
+        references: ReferenceLoader,
+        result_view: Callable[[int, int], discord.ui.View],
+    ) -> None:
+        self._jobs = jobs
+        self._references = references
+        self._result_view = result_view
+
+    async def run_interaction(
+        self,
+        interaction: discord.Interaction,
+        order: Order,
+        *,
+        reply_to: discord.Message | None = None,
+    ) -> None:
+        """Run `order` for an interaction not yet responded to.
+
+        With `reply_to`, the status is private and the result replies to that message;
+        otherwise the status and then the result are the interaction's public response.
+        """
+        try:
+            check_order(order)
+            job = await self._admit(interaction.user.id, order)
+        except (Refused, InvalidInput) as exc:
+            await interaction.response.send_message(describe(exc), ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True, ephemeral=reply_to is not None)
+
+        async def show(text: str, view: discord.ui.View | None) -> object:
+            return await interaction.edit_original_response(content=text, view=view)
+
+        async def deliver(
+            *, embed: discord.Embed, attachments: list[discord.File], view: discord.ui.View
+        ) -> None:
+            await _deliver_to_interaction(interaction, reply_to, embed, attachments, view)
+
+        budget = upload_budget(interaction.guild, interaction.filesize_limit)
+        await self._follow(job, order, interaction.user, budget, show, deliver)
+
+    async def run_message(self, message: discord.Message, order: Order) -> None:
+        """Run `order` asked for by a message that mentions the bot; everything replies to it."""
+        try:
+            check_order(order)
+            job = await self._admit(message.author.id, order)
+        except (Refused, InvalidInput) as exc:
+            await message.reply(describe(exc), mention_author=False, delete_after=30)
+            return
+        status = await message.reply(status_text(job), mention_author=False)
+
+        async def show(text: str, view: discord.ui.View | None) -> object:
+            return await status.edit(content=text, view=view)
+
+        async def deliver(
+            *, embed: discord.Embed, attachments: list[discord.File], view: discord.ui.View
+        ) -> None:
+            await status.edit(content=None, embed=embed, attachments=attachments, view=view)
+
+        budget = upload_budget(message.guild)
+        await self._follow(job, order, message.author, budget, show, deliver)
+
+    async def _admit(self, owner: int, order: Order) -> Job[GenerationResult]:
+        urls = order.reference_urls
+
+        async def load() -> tuple[InputImage, ...]:
+            return await self._references.load(urls)
+
+        return await self._jobs.admit(owner, order.request(), order.count, load if urls else None)
+
+    async def _follow(
+        self,
+        job: Job[GenerationResult],
+        order: Order,
+        requester: discord.abc.User,
+        budget: int,
+        show: ShowStatus,
+        deliver: Deliver,
+    ) -> None:
+        log.info("job %s: %s by %s (%s)", job.id, order.kind, requester.id, order.options_text())
+        updater = asyncio.create_task(_show_status(job, requester.id, show))
+        try:
+            outcome = await self._jobs.finish(job, budget)
+        except JobCancelled:
+            log.info("job %s: cancelled", job.id)
+            return
+        finally:
+            updater.cancel()
+        for error in outcome.errors:
+            _log_failure(job.id, error)
+        if not outcome.images:
+            await show(describe(outcome.errors[0]) if outcome.errors else describe(None), None)
+            return
+        files = [
+            discord.File(io.BytesIO(image.data), filename=f"banana-{job.id}-{n}.{image.extension}")
+            for n, image in enumerate(outcome.images, 1)
+        ]
+        log.info("job %s: done, %d image(s)", job.id, len(files))
+        await deliver(
+            embed=result_embed(order, outcome, requester),
+            attachments=files,
+            view=self._result_view(requester.id, len(files)),
+        )
+
+
+async def _show_status(job: Job[GenerationResult], owner: int, show: ShowStatus) -> None:
+    last_text, last_edit = "", 0.0
+    while job.state in (JobState.QUEUED, JobState.RUNNING):
+        text = status_text(job)
+        if text != last_text and time.monotonic() - last_edit >= STATUS_MIN_INTERVAL:
+            view = CancelView(job, owner) if job.state is JobState.QUEUED else None
+            try:
+                await show(text, view)
+            except discord.HTTPException as exc:
+                log.debug("job %s: status edit failed: %s", job.id, exc)
+            last_text, last_edit = text, time.monotonic()
+        await job.wait_changed(STATUS_REFRESH)
+
+
+async def _deliver_to_interaction(
+    interaction: discord.Interaction,
+    reply_to: discord.Message | None,
+    embed: discord.Embed,
+    files: list[discord.File],
+    view: discord.ui.View,
+) -> None:
+    token_fresh = discord.utils.utcnow() - interaction.created_at < TOKEN_SAFE_AGE
+    if reply_to is None and token_fresh:
+        await interaction.edit_original_response(
+            content=None, embed=embed, attachments=files, view=view
+        )
+        return
+    # Past the token's life (or when replying in place) the result is a channel message;
+    # a late one mentions the requester, who may have stopped watching.
+    mention = None if token_fresh else f"{interaction.user.mention} your image is ready."
+    pings = discord.AllowedMentions(users=[interaction.user])
+    if reply_to is not None:
+        message = await reply_to.reply(
+            content=mention, embed=embed, files=files, view=view, allowed_mentions=pings
+        )
+    elif isinstance(interaction.channel, discord.abc.Messageable):
+        message = await interaction.channel.send(
+            content=mention, embed=embed, files=files, view=view, allowed_mentions=pings
+        )
+    else:
+        log.warning("no channel to deliver interaction %s to", interaction.id)
+        return
+    if token_fresh:
+        await interaction.edit_original_response(content=f"✅ Done: {message.jump_url}", view=None)
+
+
+def _log_failure(job_id: str, error: BaseException) -> None:
+    if isinstance(error, GeminiError | InvalidInput | UnusableReference):
+        log.warning("job %s: %s: %s", job_id, type(error).__name__, error)
+    else:
+        log.error("job %s: unexpected failure", job_id, exc_info=error)

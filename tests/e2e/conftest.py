@@ -1,0 +1,132 @@
+"""The real bot process (`python -m bot`) wired to loopback fakes of Discord and Gemini."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.discord import Event, FakeDiscord, InteractionRecord, StoredMessage
+from tests.fakes.gemini import FakeGemini
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "AIzaSy-e2e-secret-api-key-000111"
+TOKEN = "MTE-e2e-secret-discord-token.XYZ"
+
+
+@dataclass
+class BotWorld:
+    """A running bot and the fakes around it."""
+
+    discord: FakeDiscord
+    gemini: FakeGemini
+    log_path: Path
+    env: dict[str, str]
+    process: asyncio.subprocess.Process | None = None
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    async def start(self, **settings: str) -> None:
+        env = self.env | settings
+        self.log = self.log_path.open("ab")
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", env=env, cwd=self.log_path.parent,
+            stdout=self.log, stderr=self.log,
+        )  # fmt: skip
+        await self.discord.wait_for(lambda e: e.kind == "commands", timeout=30)
+        await self.discord.wait_ready(timeout=30)
+
+    async def stop(self) -> int:
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.process.wait(), 20)
+        self.log.close()
+        return code
+
+    async def restart(self, **settings: str) -> None:
+        assert await self.stop() == 0
+        await self.start(**settings)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def user(self, name: str, **kwargs: Any) -> dict[str, Any]:
+        if name not in self.users:
+            self.users[name] = self.discord.make_user(name, **kwargs)
+        return self.users[name]
+
+    async def result_of(self, record: InteractionRecord, timeout: float = 20) -> StoredMessage:
+        """The message carrying this interaction's images, once posted."""
+
+        def done(event: Event) -> bool:
+            message = event.message
+            return (
+                message is not None
+                and event.kind in ("message_create", "message_update")
+                and bool(message.files)
+                and (message.interaction is record or _replies_for(message, record))
+            )
+
+        event = await self.discord.wait_for(done, timeout)
+        assert event.message is not None
+        return event.message
+
+    async def final_text(self, record: InteractionRecord, predicate: Callable[[str], bool]) -> str:
+        """Wait until the interaction's original response reads as `predicate` wants."""
+
+        def matches(event: Event) -> bool:
+            return (
+                event.interaction is record
+                and record.original is not None
+                and predicate(record.original.content)
+            )
+
+        await self.discord.wait_for(matches, 20)
+        assert record.original is not None
+        return record.original.content
+
+
+def _replies_for(message: StoredMessage, record: InteractionRecord) -> bool:
+    target = record.payload.get("message") or next(
+        iter(record.payload.get("data", {}).get("resolved", {}).get("messages", {}).values()), None
+    )
+    return target is not None and message.reference_id == int(target["id"])
+
+
+def bot_env(discord: FakeDiscord, gemini: FakeGemini) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GEMINI_", "DISCORD_"))}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        DISCORD_TOKEN=TOKEN,
+        GEMINI_API_KEY=API_KEY,
+        GEMINI_BASE_URL=gemini.base_url,
+        GEMINI_MAX_RETRIES="0",
+        DISCORD_API_BASE_URL=discord.api_base_url,
+        DISCORD_GATEWAY_URL=discord.gateway_url,
+        DEV_GUILD_ID=str(discord.guild_id),
+        USER_RATE_LIMIT="100/minute",
+        MAX_CONCURRENT_JOBS="4",
+        MAX_PENDING_PER_USER="2",
+        LOG_LEVEL="DEBUG",
+    )
+    return env
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[BotWorld]:
+    async with FakeDiscord(token=TOKEN) as discord, FakeGemini(api_key=API_KEY) as gemini:
+        world = BotWorld(discord, gemini, tmp_path / "bot.log", bot_env(discord, gemini))
+        yield world
+        if world.process is not None:
+            code = await world.stop()
+            output = world.output()
+            assert code == 0, output[-3000:]
+            assert API_KEY not in output and TOKEN not in output
+            assert "Traceback" not in output, output[-3000:]
