@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import aiohttp
 
 from bot import images
+from bot.download import DownloadError, NotServed, TooLarge, download
 from bot.gemini import InputImage
 
-_TIMEOUT = aiohttp.ClientTimeout(total=30)
-_CHUNK = 256 * 1024
+_TIME_LIMIT = 30.0
 
 
 class UnusableReference(Exception):
@@ -40,18 +40,12 @@ class ReferenceLoader:
 
     async def _download(self, url: str) -> bytes:
         limit = images.MAX_INPUT_BYTES
-        too_large = UnusableReference(f"An image is larger than {limit // 2**20} MiB.")
         try:
-            async with self._http.get(url, timeout=_TIMEOUT) as response:
-                if response.status != 200:
-                    raise UnusableReference("An image is no longer available; upload it again.")
-                if (response.content_length or 0) > limit:
-                    raise too_large
-                body = bytearray()
-                async for chunk in response.content.iter_chunked(_CHUNK):
-                    body += chunk
-                    if len(body) > limit:
-                        raise too_large
-                return bytes(body)
-        except (aiohttp.ClientError, TimeoutError):
-            raise UnusableReference("An image could not be downloaded; try again.") from None
+            return await download(self._http, url, max_bytes=limit, time_limit=_TIME_LIMIT)
+        except TooLarge:
+            reason = f"An image is larger than {limit // 2**20} MiB."
+        except NotServed:
+            reason = "An image is no longer available; upload it again."
+        except DownloadError:
+            reason = "An image could not be downloaded; try again."
+        raise UnusableReference(reason)

@@ -14,6 +14,7 @@ import aiohttp
 import pybase64
 from yarl import URL
 
+from bot.download import DownloadError, download
 from bot.gemini.errors import (
     APIError,
     ConnectionFailed,
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 _RETRYABLE = (RateLimited, ProviderUnavailable, RequestTimedOut, ConnectionFailed)
 _BACKOFF_BASE = 1.0
 _BACKOFF_CAP = 30.0
-_DOWNLOAD_CHUNK = 64 * 1024
 
 _A = TypeVar("_A")
 _R = TypeVar("_R")
@@ -199,28 +199,12 @@ class GeminiClient:
         return GeneratedImage(data, mime_type)
 
     async def _download(self, url: str) -> bytes:
-        where = scrub(url)[:200]
-        if url.partition(":")[0].lower() not in {"http", "https"}:
-            raise DownloadFailed(f"refusing to fetch {where}: only http(s) image URLs are fetched")
-        cap = self._max_download_bytes
-        failure: GeminiError
         try:
-            async with self._session.get(url, timeout=self._client_timeout) as response:
-                if response.status != 200:
-                    raise DownloadFailed(f"{where} answered HTTP {response.status}")
-                if (response.content_length or 0) > cap:
-                    raise DownloadFailed(f"{where} is larger than {cap} bytes")
-                data = bytearray()
-                async for chunk in response.content.iter_chunked(_DOWNLOAD_CHUNK):
-                    data += chunk
-                    if len(data) > cap:
-                        raise DownloadFailed(f"{where} is larger than {cap} bytes")
-                return bytes(data)
-        except TimeoutError:
-            failure = DownloadFailed(f"{where} did not arrive within {self._timeout:g} s")
-        except aiohttp.ClientError as exc:
-            failure = DownloadFailed(f"{where}: {self._describe(exc)}")
-        raise failure  # outside the handler, as in _send
+            return await download(
+                self._session, url, max_bytes=self._max_download_bytes, time_limit=self._timeout
+            )
+        except DownloadError as exc:
+            raise DownloadFailed(f"{scrub(url, self._api_key)[:200]}: {exc}") from None
 
     def _retry_delay(self, attempt: int, error: GeminiError) -> float:
         # Full jitter keeps clients that failed together from retrying together; a server hint
