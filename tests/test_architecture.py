@@ -1,0 +1,40 @@
+"""Dependencies point inward: the core never imports the Discord surface or, where pure, discord."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def modules_under(*parts: str) -> list[Path]:
+    base = ROOT.joinpath(*parts)
+    return sorted(base.rglob("*.py")) if base.is_dir() else [base]
+
+
+@pytest.mark.parametrize("path", modules_under("bot"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_core_never_imports_cogs(path: Path) -> None:
+    assert not {m for m in imported_modules(path) if m.split(".")[0] == "cogs"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [*modules_under("bot", "gemini"), ROOT / "bot" / "images.py", ROOT / "bot" / "download.py"],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_the_api_client_and_image_code_never_import_discord(path: Path) -> None:
+    assert not {m for m in imported_modules(path) if m.split(".")[0] == "discord"}
