@@ -9,9 +9,18 @@ import aiohttp
 
 from bot import images
 from bot.download import DownloadError, NotServed, TooLarge, download
-from bot.gemini import InputImage
+from bot.gemini import MAX_INLINE_BYTES, InputImage
 
 _TIME_LIMIT = 30.0
+_PROMPT_ROOM = 64 * 1024
+
+
+def _prepare(data: bytes, max_bytes: int) -> InputImage:
+    prepared = images.prepare_input(data)
+    if len(prepared.data) <= max_bytes:
+        return InputImage(prepared.data, prepared.mime_type)
+    fitted = images.fit_to_budget(prepared.data, max_bytes)
+    return InputImage(fitted.data, fitted.mime_type)
 
 
 class UnusableReference(Exception):
@@ -27,15 +36,17 @@ class ReferenceLoader:
 
     async def load(self, urls: Sequence[str]) -> tuple[InputImage, ...]:
         blobs = await asyncio.gather(*(self._download(url) for url in urls))
+        # Base64 inflates by 4/3, and the request must stay under the inline limit all told.
+        share = MAX_INLINE_BYTES * 3 // 4 // max(1, len(blobs)) - _PROMPT_ROOM
         prepared = []
         for number, blob in enumerate(blobs, 1):
             async with self._cpu_slots:
                 try:
-                    image = await asyncio.to_thread(images.prepare_input, blob)
+                    image = await asyncio.to_thread(_prepare, blob, share)
                 except images.ImageError as exc:
                     label = f"Image {number}" if len(urls) > 1 else "The image"
                     raise UnusableReference(f"{label}: {exc}") from None
-            prepared.append(InputImage(image.data, image.mime_type))
+            prepared.append(image)
         return tuple(prepared)
 
     async def _download(self, url: str) -> bytes:

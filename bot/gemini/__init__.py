@@ -20,6 +20,7 @@ from bot.gemini.errors import (
 from bot.gemini.models import (
     ASPECT_RATIOS,
     IMAGE_SIZES,
+    MAX_INLINE_BYTES,
     MAX_REFERENCE_IMAGES,
     OUTPUT_TOKENS_PER_IMAGE,
     GeneratedImage,
@@ -34,6 +35,7 @@ from bot.gemini.parser import ParsedResponse, build_payload, parse_error, parse_
 __all__ = [
     "ASPECT_RATIOS",
     "IMAGE_SIZES",
+    "MAX_INLINE_BYTES",
     "MAX_REFERENCE_IMAGES",
     "OUTPUT_TOKENS_PER_IMAGE",
     "APIError",
