@@ -58,7 +58,9 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=_TEM
     async def callback(self, interaction: discord.Interaction) -> None:
         # discord.py builds dynamic items itself, so the handling cog is looked up, not injected.
         client = interaction.client
-        results = client.get_cog(Results.__name__) if isinstance(client, commands.Bot) else None
+        # AutoShardedBot is not a subclass of Bot: accept either.
+        bots = (commands.Bot, commands.AutoShardedBot)
+        results = client.get_cog(Results.__name__) if isinstance(client, bots) else None
         if not isinstance(results, Results):
             await interaction.response.send_message("Not ready yet; try again.", ephemeral=True)
             return

@@ -297,8 +297,15 @@ class Runner:
             updater.cancel()
         for error in outcome.errors:
             _log_failure(job.id, error)
+        stopped = [e for e in outcome.errors if isinstance(e, asyncio.CancelledError)]
+        if not outcome.images and stopped and len(stopped) == len(outcome.errors):
+            return  # the bot is stopping: nobody is left to tell
         if not outcome.images:
-            await show(describe(outcome.errors[0]) if outcome.errors else describe(None), None)
+            text = describe(outcome.errors[0]) if outcome.errors else describe(None)
+            try:
+                await show(text, None)
+            except discord.HTTPException as exc:  # e.g. the interaction token expired meanwhile
+                log.warning("job %s: could not report the failure: %s", job.id, exc)
             return
         files = [
             discord.File(io.BytesIO(image.data), filename=f"banana-{job.id}-{n}.{image.extension}")
@@ -335,10 +342,18 @@ async def _deliver_to_interaction(
 ) -> None:
     token_fresh = discord.utils.utcnow() - interaction.created_at < TOKEN_SAFE_AGE
     if reply_to is None and token_fresh:
-        await interaction.edit_original_response(
-            content=None, embed=embed, attachments=files, view=view
-        )
-        return
+        try:
+            await interaction.edit_original_response(
+                content=None, embed=embed, attachments=files, view=view
+            )
+            return
+        except discord.HTTPException as exc:
+            if not _token_refused(exc):
+                raise
+            # Discord's clock is the one that counts: the token died before ours said so.
+            token_fresh = False
+            for file in files:
+                file.reset()
     # Past the token's life (or when replying in place) the result is a channel message;
     # a late one mentions the requester, who may have stopped watching.
     mention = None if token_fresh else f"{interaction.user.mention} your image is ready."
@@ -355,11 +370,25 @@ async def _deliver_to_interaction(
         log.warning("no channel to deliver interaction %s to", interaction.id)
         return
     if token_fresh:
-        await interaction.edit_original_response(content=f"✅ Done: {message.jump_url}", view=None)
+        try:
+            await interaction.edit_original_response(
+                content=f"✅ Done: {message.jump_url}", view=None
+            )
+        except discord.HTTPException as exc:
+            if not _token_refused(exc):
+                raise
+            log.debug("interaction %s: token expired before the status edit", interaction.id)
+
+
+def _token_refused(error: discord.HTTPException) -> bool:
+    """Whether Discord refused an interaction token because it expired (15 minutes)."""
+    return error.status == 401 or error.code in (10015, 50027)  # unknown webhook, invalid token
 
 
 def _log_failure(job_id: str, error: BaseException) -> None:
-    if isinstance(error, GeminiError | InvalidInput | UnusableReference):
+    if isinstance(error, asyncio.CancelledError):
+        log.info("job %s: stopped before it finished", job_id)
+    elif isinstance(error, GeminiError | InvalidInput | UnusableReference):
         log.warning("job %s: %s: %s", job_id, type(error).__name__, error)
     else:
         log.error("job %s: unexpected failure", job_id, exc_info=error)
