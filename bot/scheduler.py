@@ -145,6 +145,10 @@ class Scheduler(Generic[T]):
         """Requests running."""
         return len(self._tasks)
 
+    def find(self, job_id: str) -> Job[T] | None:
+        """The unfinished job with this id, if any."""
+        return self._unfinished.get(job_id)
+
     def pending(self, owner: int) -> int:
         """The owner's queued and running jobs."""
         return sum(job.owner == owner for job in self._unfinished.values())

@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from bot.gemini import ASPECT_RATIOS, IMAGE_SIZES, MAX_REFERENCE_IMAGES
 from cogs.errors import InvalidInput, describe
-from cogs.results import result_view
+from cogs.results import cancel_view, result_view
 from cogs.runner import PROMPT_MAX, Order, Runner, check_attachments, image_urls
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ def _strip_mentions(content: str, user_id: int) -> str:
 async def setup(bot: BananaBot) -> None:
     services = bot.services
     cog = ImagineCog(
-        Runner(services.jobs, services.references, result_view),
+        Runner(services.jobs, services.references, result_view, cancel_view),
         bot.user.id if bot.user else None,
     )
     await bot.add_cog(cog)

@@ -56,15 +56,68 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=_TEM
         return cls(match["action"], int(match["owner"]), int(match["index"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        # discord.py builds dynamic items itself, so the handling cog is looked up, not injected.
-        client = interaction.client
-        # AutoShardedBot is not a subclass of Bot: accept either.
-        bots = (commands.Bot, commands.AutoShardedBot)
-        results = client.get_cog(Results.__name__) if isinstance(client, bots) else None
-        if not isinstance(results, Results):
+        results = _results_cog(interaction)
+        if results is None:
             await interaction.response.send_message("Not ready yet; try again.", ephemeral=True)
             return
         await results.press(interaction, self.action, self.owner, self.index)
+
+
+class CancelButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"banana:cancel:(?P<job>[0-9a-f]+):(?P<owner>\d+)",
+):
+    """Cancel on a queued job's status; matched by id, so it works from the first instant."""
+
+    def __init__(self, job_id: str, owner: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Cancel",
+                emoji="✖️",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"banana:cancel:{job_id}:{owner}",
+            )
+        )
+        self.job_id, self.owner = job_id, owner
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> CancelButton:
+        return cls(match["job"], int(match["owner"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        results = _results_cog(interaction)
+        if interaction.user.id != self.owner:
+            await interaction.response.send_message(
+                "Only the person who asked can cancel this.", ephemeral=True
+            )
+        elif results is None or (cancelled := results.cancel(self.job_id)) is None:
+            await interaction.response.edit_message(
+                content="✖️ This job no longer exists.", view=None
+            )
+        elif cancelled:
+            await interaction.response.edit_message(content="✖️ Cancelled.", view=None)
+        else:
+            await interaction.response.send_message(
+                "Too late to cancel: it's already generating.", ephemeral=True
+            )
+
+
+def cancel_view(job_id: str, owner: int) -> discord.ui.View:
+    """The status message's Cancel button for a queued job."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id, owner))
+    return view
+
+
+def _results_cog(interaction: discord.Interaction) -> Results | None:
+    # discord.py builds dynamic items itself, so the handling cog is looked up, not injected.
+    # AutoShardedBot is not a subclass of Bot: accept either.
+    client = interaction.client
+    bots = (commands.Bot, commands.AutoShardedBot)
+    cog = client.get_cog(Results.__name__) if isinstance(client, bots) else None
+    return cog if isinstance(cog, Results) else None
 
 
 def result_view(owner: int, images: int) -> discord.ui.View:
@@ -123,6 +176,9 @@ class Results(commands.Cog):
     def __init__(self, runner: Runner) -> None:
         self._runner = runner
 
+    def cancel(self, job_id: str) -> bool | None:
+        return self._runner.cancel(job_id)
+
     async def press(
         self, interaction: discord.Interaction, action: str, owner: int, index: int
     ) -> None:
@@ -173,5 +229,6 @@ class Results(commands.Cog):
 
 async def setup(bot: BananaBot) -> None:
     services = bot.services
-    await bot.add_cog(Results(Runner(services.jobs, services.references, result_view)))
-    bot.add_dynamic_items(ResultButton)
+    runner = Runner(services.jobs, services.references, result_view, cancel_view)
+    await bot.add_cog(Results(runner))
+    bot.add_dynamic_items(ResultButton, CancelButton)

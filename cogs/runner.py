@@ -156,31 +156,6 @@ def upload_budget(guild: discord.Guild | None, interaction_limit: int | None = N
     return budget
 
 
-class CancelView(discord.ui.View):
-    """The Cancel button shown while a job waits in the queue."""
-
-    def __init__(self, job: Job[GenerationResult], owner: int) -> None:
-        super().__init__(timeout=None)
-        self._job = job
-        self._owner = owner
-
-    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary, emoji="✖️")
-    async def cancel(
-        self, interaction: discord.Interaction, _: discord.ui.Button[CancelView]
-    ) -> None:
-        if interaction.user.id != self._owner:
-            await interaction.response.send_message(
-                "Only the person who asked can cancel this.", ephemeral=True
-            )
-            return
-        if self._job.cancel():
-            await interaction.response.edit_message(content="✖️ Cancelled.", view=None)
-        else:
-            await interaction.response.send_message(
-                "Too late to cancel: it's already generating.", ephemeral=True
-            )
-
-
 def status_text(job: Job[GenerationResult]) -> str:
     """The status line of a job: its place in the queue, then the time spent generating."""
     position = job.position()
@@ -212,10 +187,17 @@ class Runner:
         jobs: ImageJobs,
         references: ReferenceLoader,
         result_view: Callable[[int, int], discord.ui.View],
+        cancel_view: Callable[[str, int], discord.ui.View],
     ) -> None:
         self._jobs = jobs
         self._references = references
         self._result_view = result_view
+        self._cancel_view = cancel_view
+
+    def cancel(self, job_id: str) -> bool | None:
+        """Cancel a queued job: True if done, False if it already started, None if unknown."""
+        job = self._jobs.scheduler.find(job_id)
+        return None if job is None else job.cancel()
 
     async def run_interaction(
         self,
@@ -287,7 +269,7 @@ class Runner:
         deliver: Deliver,
     ) -> None:
         log.info("job %s: %s by %s (%s)", job.id, order.kind, requester.id, order.options_text())
-        updater = asyncio.create_task(_show_status(job, requester.id, show))
+        updater = asyncio.create_task(self._show_status(job, requester.id, show))
         try:
             outcome = await self._jobs.finish(job, budget)
         except JobCancelled:
@@ -318,19 +300,18 @@ class Runner:
             view=self._result_view(requester.id, len(files)),
         )
 
-
-async def _show_status(job: Job[GenerationResult], owner: int, show: ShowStatus) -> None:
-    last_text, last_edit = "", 0.0
-    while job.state in (JobState.QUEUED, JobState.RUNNING):
-        text = status_text(job)
-        if text != last_text and time.monotonic() - last_edit >= STATUS_MIN_INTERVAL:
-            view = CancelView(job, owner) if job.state is JobState.QUEUED else None
-            try:
-                await show(text, view)
-            except discord.HTTPException as exc:
-                log.debug("job %s: status edit failed: %s", job.id, exc)
-            last_text, last_edit = text, time.monotonic()
-        await job.wait_changed(STATUS_REFRESH)
+    async def _show_status(self, job: Job[GenerationResult], owner: int, show: ShowStatus) -> None:
+        last_text, last_edit = "", 0.0
+        while job.state in (JobState.QUEUED, JobState.RUNNING):
+            text = status_text(job)
+            if text != last_text and time.monotonic() - last_edit >= STATUS_MIN_INTERVAL:
+                view = self._cancel_view(job.id, owner) if job.state is JobState.QUEUED else None
+                try:
+                    await show(text, view)
+                except discord.HTTPException as exc:
+                    log.debug("job %s: status edit failed: %s", job.id, exc)
+                last_text, last_edit = text, time.monotonic()
+            await job.wait_changed(STATUS_REFRESH)
 
 
 async def _deliver_to_interaction(
