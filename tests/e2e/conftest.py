@@ -67,33 +67,28 @@ class BotWorld:
 
     async def result_of(self, record: InteractionRecord, timeout: float = 20) -> StoredMessage:
         """The message carrying this interaction's images, once posted."""
-
-        def done(event: Event) -> bool:
-            message = event.message
-            return (
-                message is not None
-                and event.kind in ("message_create", "message_update")
-                and bool(message.files)
-                and (message.interaction is record or _replies_for(message, record))
-            )
-
-        event = await self.discord.wait_for(done, timeout)
-        assert event.message is not None
-        return event.message
+        return await self._images_posted(
+            lambda m: m.interaction is record or _replies_for(m, record), timeout
+        )
 
     async def reply_to(
         self, message_id: int, *, skip: Collection[StoredMessage] = (), timeout: float = 20
     ) -> StoredMessage:
         """The bot's message with images that replies to `message_id` (other than `skip`)."""
+        return await self._images_posted(
+            lambda m: m.reference_id == message_id and m not in skip, timeout
+        )
 
+    async def _images_posted(
+        self, wanted: Callable[[StoredMessage], bool], timeout: float
+    ) -> StoredMessage:
         def done(event: Event) -> bool:
             message = event.message
             return (
                 message is not None
                 and event.kind in ("message_create", "message_update")
                 and bool(message.files)
-                and message.reference_id == message_id
-                and message not in skip
+                and wanted(message)
             )
 
         event = await self.discord.wait_for(done, timeout)
