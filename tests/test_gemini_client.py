@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -17,7 +15,6 @@ import pybase64
 import pytest
 from PIL import Image
 
-import bot.gemini.client
 from bot.gemini import (
     OUTPUT_TOKENS_PER_IMAGE,
     AuthenticationFailed,
@@ -652,33 +649,6 @@ async def test_the_key_never_appears_in_errors_or_logs(
     for record in caplog.records:
         assert KEY not in record.getMessage()
         assert KEY not in (logging.Formatter().format(record))
-
-
-async def test_decoding_runs_off_the_loop_a_few_at_a_time(
-    make_client: Callable[..., GeminiClient], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real_decode = bot.gemini.client._decode
-    lock = threading.Lock()
-    running, peak, loop_thread = 0, 0, threading.get_ident()
-
-    def slow_decode(data: str) -> bytes:
-        nonlocal running, peak
-        assert threading.get_ident() != loop_thread
-        with lock:
-            running += 1
-            peak = max(peak, running)
-        time.sleep(0.05)
-        with lock:
-            running -= 1
-        return real_decode(data)
-
-    monkeypatch.setattr(bot.gemini.client, "_decode", slow_decode)
-    client = make_client(decode_concurrency=2)
-
-    results = await asyncio.gather(*(client.generate(ImageRequest("a cat")) for _ in range(6)))
-
-    assert all(result.images for result in results)
-    assert peak == 2
 
 
 # The fake itself: other suites rely on it answering as Google does ------------------------------

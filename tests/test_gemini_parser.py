@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -29,7 +30,14 @@ from bot.gemini import (
     parse_response,
     validate_request,
 )
-from bot.gemini.parser import InlineSource, URLSource, parse_body
+from bot.gemini.parser import (
+    InlineDataSplitter,
+    InlineSource,
+    ParsedResponse,
+    URLSource,
+    parse_body,
+)
+from tests.fakes.gemini import fake_png, image_response, text_only
 
 FINAL = pybase64.b64encode_as_string(b"\x89PNG\r\n\x1a\n final image")
 DRAFT = pybase64.b64encode_as_string(b"\x89PNG\r\n\x1a\n draft")
@@ -405,7 +413,72 @@ def test_a_2xx_body_that_is_not_a_json_object_is_malformed(raw: bytes) -> None:
 
 
 def test_parse_body_reads_a_real_answer() -> None:
-    assert parse_body(json.dumps(RECORDED).encode()).images == (InlineSource(FINAL),)
+    decoded = pybase64.b64decode(FINAL)
+    assert parse_body(json.dumps(RECORDED).encode()).images == (InlineSource(decoded),)
+
+
+def _streamed(body: bytes, sizes: list[int], rng: random.Random) -> ParsedResponse:
+    splitter = InlineDataSplitter(len(body))
+    start = 0
+    while start < len(body):
+        step = rng.choice(sizes)
+        splitter.feed(body[start : start + step])
+        start += step
+    return splitter.finish()
+
+
+def _images(parsed: ParsedResponse) -> list[bytes | str]:
+    return [
+        pybase64.b64decode(s.data) if isinstance(s, InlineSource) and isinstance(s.data, str)
+        else s.data if isinstance(s, InlineSource) else s.url
+        for s in parsed.images
+    ]  # fmt: skip
+
+
+_PNG = fake_png(120, 80)
+_B64 = pybase64.b64encode_as_string(_PNG)
+_DOCUMENT = json.dumps(image_response(_PNG).json)
+STREAM_SHAPES = {
+    "camel": _DOCUMENT,
+    "snake": json.dumps(image_response(_PNG, snake_case=True).json),
+    "indented": json.dumps(image_response(_PNG).json, indent=2),
+    "thoughts only": json.dumps(image_response(_PNG, only_thought_images=True).json),
+    "data URL in text": json.dumps(text_only(f"![i](data:image/png;base64,{_B64})").json),
+    "escaped slashes": _DOCUMENT.replace("/", "\\/"),
+    "newline in base64": _DOCUMENT.replace(_B64[:76], _B64[:76] + "\\n"),
+    "space around colon": _DOCUMENT.replace('"data": "', '"data"  \n :\t "'),
+    "quoted key in caption": json.dumps(
+        image_response(_PNG, caption='she wrote "data": "AAAA" here').json
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", STREAM_SHAPES)
+def test_streamed_decoding_matches_whole_body_parsing_however_it_is_chunked(shape: str) -> None:
+    body = STREAM_SHAPES[shape].encode()
+    whole = parse_response(json.loads(body))
+    rng = random.Random(shape)
+    for sizes in ([1], [1, 2, 3], [7], [4096], [1, 300, 5000], [len(body)]):
+        streamed = _streamed(body, sizes, rng)
+        assert _images(streamed) == _images(whole)
+        assert (streamed.caption, streamed.usage) == (whole.caption, whole.usage)
+
+
+def test_streamed_images_arrive_decoded() -> None:
+    (source,) = parse_body(_DOCUMENT.encode()).images
+    assert isinstance(source, InlineSource) and source.data == _PNG
+
+
+def test_bad_base64_is_left_for_the_strict_decoder() -> None:
+    body = _DOCUMENT.replace(_B64[:8], _B64[:7] + "!").encode()
+    (source,) = parse_body(body).images
+    assert isinstance(source, InlineSource) and isinstance(source.data, str)
+
+
+def test_an_oversized_body_is_refused_while_streaming() -> None:
+    splitter = InlineDataSplitter(1000)
+    with pytest.raises(MalformedResponse, match="larger than 1000"):
+        splitter.feed(b"x" * 1001)
 
 
 # parse_error -----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import aiohttp
@@ -35,10 +35,10 @@ from bot.gemini.models import (
 )
 from bot.gemini.parser import (
     ImageSource,
+    InlineDataSplitter,
     InlineSource,
     ParsedResponse,
     build_payload,
-    parse_body,
     parse_error,
 )
 from bot.images import sniff_mime
@@ -71,6 +71,7 @@ class GeminiClient:
         max_retries: int = 3,
         max_retry_wait: float = 60,
         max_download_bytes: int = 40 * 2**20,
+        max_response_bytes: int = 80 * 2**20,
         decode_concurrency: int = 2,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_retry: Callable[[int, float, GeminiError], None] | None = None,
@@ -88,6 +89,7 @@ class GeminiClient:
         self._max_retries = max_retries
         self._max_retry_wait = max_retry_wait
         self._max_download_bytes = max_download_bytes
+        self._max_response_bytes = max_response_bytes
         # JSON parsing and base64 hold the GIL; more threads at once would only starve the loop.
         self._cpu_slots = asyncio.Semaphore(decode_concurrency)
         self._sleep = sleep
@@ -132,19 +134,6 @@ class GeminiClient:
 
     async def _attempt(self, payload: bytes) -> ParsedResponse:
         started = time.monotonic()
-        status, headers, body = await self._send(payload)
-        log.debug(
-            "Gemini %s: HTTP %d, %d bytes in %.0f ms",
-            self._model,
-            status,
-            len(body),
-            (time.monotonic() - started) * 1000,
-        )
-        if not 200 <= status < 300:
-            raise parse_error(status, headers, body, secret=self._api_key)
-        return await self._off_loop(parse_body, body)
-
-    async def _send(self, payload: bytes) -> tuple[int, Mapping[str, str], bytes]:
         failure: GeminiError
         try:
             # No redirects: following one would hand the key to wherever the Location points.
@@ -156,8 +145,21 @@ class GeminiClient:
                 timeout=self._client_timeout,
                 allow_redirects=False,
             ) as response:
-                # content.read() rather than read(): the response must not keep a second reference.
-                return response.status, response.headers, await response.content.read()
+                log.debug(
+                    "Gemini %s: HTTP %d after %.0f ms",
+                    self._model,
+                    response.status,
+                    (time.monotonic() - started) * 1000,
+                )
+                if not 200 <= response.status < 300:
+                    body = await response.content.read()
+                    raise parse_error(response.status, response.headers, body, secret=self._api_key)
+                # A 4K answer is ~20 MB of JSON: decode its images as the chunks arrive rather
+                # than holding the body, then its base64 text, then the image, all at once.
+                splitter = InlineDataSplitter(self._max_response_bytes)
+                async for chunk in response.content.iter_any():
+                    splitter.feed(chunk)
+            return splitter.finish()
         except TimeoutError:
             failure = RequestTimedOut(f"no complete answer within {self._timeout:g} s")
         except aiohttp.ClientError as exc:
@@ -188,7 +190,9 @@ class GeminiClient:
 
     async def _load(self, source: ImageSource) -> GeneratedImage:
         if isinstance(source, InlineSource):
-            data = await self._off_loop(_decode, source.data)
+            data = source.data
+            if isinstance(data, str):  # text the streaming decoder left alone, or a data: URL
+                data = await self._off_loop(_decode, data)
             error: type[GeminiError] = MalformedResponse
         else:
             data = await self._download(source.url)

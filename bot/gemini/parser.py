@@ -6,7 +6,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from functools import cache
@@ -60,9 +60,9 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class InlineSource:
-    """An image carried in the response as base64 text."""
+    """An image carried in the response: base64 text, or bytes already decoded while streaming."""
 
-    data: str
+    data: str | bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,14 +103,116 @@ def build_payload(request: ImageRequest) -> dict[str, Any]:
 
 
 def parse_body(body: bytes) -> ParsedResponse:
-    """Parse the raw body of a 2xx answer; see `parse_response`."""
-    try:
-        document = json.loads(body)
-    except ValueError:
-        raise MalformedResponse("the response body is not valid JSON") from None
-    if not isinstance(document, dict):
-        raise MalformedResponse(f"the response body is a JSON {type(document).__name__}")
-    return parse_response(document)
+    """Parse the raw body of a 2xx answer; see `parse_response` and `InlineDataSplitter`."""
+    splitter = InlineDataSplitter(len(body))
+    splitter.feed(body)
+    return splitter.finish()
+
+
+# The key of every inline image (camelCase and snake_case alike), up to its value's opening quote.
+_DATA_KEY = re.compile(rb'"data"\s*:\s*"')
+_OVERLAP = 64  # a key split across two chunks is found again from this far back
+_PLACEHOLDER = "\x00inline:"  # NUL is not base64, so no real image's data can look like this
+
+
+class InlineDataSplitter:
+    """Decodes a generateContent body as it arrives, without ever holding it whole.
+
+    Each `"data": "<base64>"` string is cut out and decoded on the spot; the rest (a few KB) is
+    kept as a skeleton that `finish` parses. So a 20 MB answer never exists as one bytes object,
+    nor its base64 as one str: per request the peak is the decoded image, briefly twice at the
+    final join. A string that is not plain base64 (JSON escapes such as \\/, whitespace) is put
+    back verbatim and left to the ordinary path.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._received = 0
+        self._skeleton = bytearray()
+        self._scan = 0  # where the next search for a key starts
+        self._pieces: list[bytes] | None = None  # decoded so far, while inside a data string
+        self._carry = b""  # fewer than 4 base64 characters left over from the last chunk
+        self._images: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> None:
+        """Take the next piece of the body."""
+        self._received += len(chunk)
+        if self._received > self._max_bytes:
+            raise MalformedResponse(f"the response is larger than {self._max_bytes} bytes")
+        while chunk:
+            chunk = self._outside(chunk) if self._pieces is None else self._inside(chunk)
+
+    def finish(self) -> ParsedResponse:
+        """Parse what was fed; see `parse_response`."""
+        if self._pieces is not None:
+            raise MalformedResponse("the response body is not valid JSON")
+        try:
+            document = json.loads(self._skeleton)
+        except ValueError:
+            raise MalformedResponse("the response body is not valid JSON") from None
+        if not isinstance(document, dict):
+            raise MalformedResponse(f"the response body is a JSON {type(document).__name__}")
+        parsed = parse_response(document)
+        images = tuple(
+            InlineSource(self._restore(source.data)) if isinstance(source, InlineSource) else source
+            for source in parsed.images
+        )
+        return replace(parsed, images=images)
+
+    def _restore(self, data: str | bytes) -> str | bytes:
+        if isinstance(data, str) and data.startswith(_PLACEHOLDER):
+            index = data.removeprefix(_PLACEHOLDER)
+            if index.isdigit() and int(index) < len(self._images):
+                return self._images[int(index)]
+        return data
+
+    def _outside(self, chunk: bytes) -> bytes:
+        self._skeleton += chunk
+        while match := _DATA_KEY.search(self._skeleton, self._scan):
+            self._scan = match.end()
+            if not _escaped(self._skeleton, match.start()):
+                rest = bytes(self._skeleton[match.end() :])
+                del self._skeleton[match.end() :]  # the skeleton ends with the opening quote
+                self._pieces, self._carry = [], b""
+                return rest
+        self._scan = max(self._scan, len(self._skeleton) - _OVERLAP)
+        return b""
+
+    def _inside(self, chunk: bytes) -> bytes:
+        assert self._pieces is not None
+        end = chunk.find(b'"')
+        text = self._carry + (chunk if end < 0 else chunk[:end])
+        usable = len(text) if end >= 0 else len(text) - len(text) % 4
+        try:
+            if usable:
+                self._pieces.append(pybase64.b64decode(memoryview(text)[:usable], validate=True))
+        except ValueError:
+            return self._give_up(text, chunk, end)
+        self._carry = text[usable:]
+        if end < 0:
+            return b""
+        self._skeleton += f"\\u0000inline:{len(self._images)}".encode()
+        self._images.append(b"".join(self._pieces))
+        self._pieces = None
+        self._scan = len(self._skeleton) + 1  # past the closing quote, which comes next
+        return chunk[end:]
+
+    def _give_up(self, text: bytes, chunk: bytes, end: int) -> bytes:
+        """Not plain base64: put the string back as it came and let json.loads read it."""
+        assert self._pieces is not None
+        # What decoded so far was strict base64 in whole quanta, so re-encoding restores it.
+        self._skeleton += pybase64.b64encode(b"".join(self._pieces))
+        self._pieces = None
+        self._scan = len(self._skeleton)
+        return text + (b"" if end < 0 else chunk[end:])
+
+
+def _escaped(buffer: bytearray, quote: int) -> bool:
+    """Whether the quote at `quote` is preceded by an odd number of backslashes."""
+    count = 0
+    while quote - count - 1 >= 0 and buffer[quote - count - 1] == 0x5C:
+        count += 1
+    return count % 2 == 1
 
 
 def parse_response(body: Mapping[str, Any]) -> ParsedResponse:
