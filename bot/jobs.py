@@ -49,6 +49,14 @@ class TooManyPending(Refused):
         self.limit = limit
 
 
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """One API call's images, already fitted for upload, and the model's caption."""
+
+    images: tuple[images.FittedImage, ...]
+    caption: str
+
+
 @dataclass(slots=True)
 class JobOutcome:
     """What a finished job produced: fitted images, their captions, and the requests that failed."""
@@ -65,7 +73,7 @@ class ImageJobs:
         self,
         client: GeminiClient,
         limiter: UserRateLimiter,
-        scheduler: Scheduler[GenerationResult],
+        scheduler: Scheduler[Rendered],
         cpu_slots: asyncio.Semaphore,
     ) -> None:
         self._client = client
@@ -74,7 +82,7 @@ class ImageJobs:
         self._cpu_slots = cpu_slots
 
     @property
-    def scheduler(self) -> Scheduler[GenerationResult]:
+    def scheduler(self) -> Scheduler[Rendered]:
         return self._scheduler
 
     async def admit(
@@ -83,11 +91,15 @@ class ImageJobs:
         request: ImageRequest,
         count: int = 1,
         references: ReferenceLoader | None = None,
-    ) -> Job[GenerationResult]:
+        *,
+        upload_budget: int,
+    ) -> Job[Rendered]:
         """Queue `count` generations of `request` for `owner`, or raise `Refused`.
 
         References load concurrently with the queue wait; a request that starts before they
         are ready waits for them, and if they fail every request fails without an API call.
+        Each request fits its images for upload (all of the job's together fit `upload_budget`)
+        before it gives up its concurrency slot, so full-size images never pile up in memory.
         """
         if self._scheduler.pending(owner) >= self._scheduler.max_pending_per_user:
             raise TooManyPending(self._scheduler.max_pending_per_user)
@@ -98,11 +110,14 @@ class ImageJobs:
             raise UserRateLimited(retry_after, self._limiter.describe())
         loaded = asyncio.ensure_future(references()) if references is not None else None
 
-        async def generate() -> GenerationResult:
+        share = max(1, (upload_budget - _UPLOAD_OVERHEAD_BYTES) // count)
+
+        async def generate() -> Rendered:
             final = request
             if loaded is not None:
                 final = replace(request, images=request.images + await asyncio.shield(loaded))
-            return await self._client.generate(final)
+            result = await self._client.generate(final)
+            return Rendered(await self._fit(result, share), result.caption)
 
         try:
             job = self._scheduler.submit(owner, [generate] * count)
@@ -115,24 +130,25 @@ class ImageJobs:
             loaded.add_done_callback(_consume_exception)
         return job
 
-    async def finish(self, job: Job[GenerationResult], upload_budget: int) -> JobOutcome:
-        """Wait for `job` and fit its images so that all of them fit in one upload."""
-        results = await job.results()
+    async def finish(self, job: Job[Rendered]) -> JobOutcome:
+        """Wait for `job` and gather what its requests made."""
         outcome = JobOutcome()
-        done = [r for r in results if isinstance(r, GenerationResult)]
-        outcome.errors = [r for r in results if isinstance(r, BaseException)]
-        pictures = [image.data for result in done for image in result.images]
-        outcome.captions = [result.caption for result in done if result.caption]
-        del results, done
-        if not pictures:
-            return outcome
-        each = max(1, (upload_budget - _UPLOAD_OVERHEAD_BYTES) // len(pictures))
-        for index, data in enumerate(pictures):
-            async with self._cpu_slots:
-                fitted = await asyncio.to_thread(images.fit_to_budget, data, each)
-            pictures[index] = b""  # release the model's full-size bytes as soon as they're fitted
-            outcome.images.append(fitted)
+        for result in await job.results():
+            if isinstance(result, Rendered):
+                outcome.images.extend(result.images)
+                if result.caption:
+                    outcome.captions.append(result.caption)
+            else:
+                outcome.errors.append(result)
         return outcome
+
+    async def _fit(self, result: GenerationResult, budget: int) -> tuple[images.FittedImage, ...]:
+        each = max(1, budget // len(result.images))
+        fitted = []
+        for image in result.images:
+            async with self._cpu_slots:
+                fitted.append(await asyncio.to_thread(images.fit_to_budget, image.data, each))
+        return tuple(fitted)
 
 
 def _consume_exception(task: asyncio.Future[tuple[InputImage, ...]]) -> None:

@@ -20,11 +20,10 @@ from bot.gemini import (
     IMAGE_SIZES,
     MAX_REFERENCE_IMAGES,
     GeminiError,
-    GenerationResult,
     ImageRequest,
     InputImage,
 )
-from bot.jobs import ImageJobs, JobOutcome, Refused
+from bot.jobs import ImageJobs, JobOutcome, Refused, Rendered
 from bot.references import ReferenceLoader, UnusableReference
 from bot.scheduler import Job, JobCancelled, JobState
 from cogs.errors import InvalidInput, clip, describe
@@ -156,7 +155,7 @@ def upload_budget(guild: discord.Guild | None, interaction_limit: int | None = N
     return budget
 
 
-def status_text(job: Job[GenerationResult]) -> str:
+def status_text(job: Job[Rendered]) -> str:
     """The status line of a job: its place in the queue, then the time spent generating."""
     position = job.position()
     if job.state is JobState.QUEUED and position is not None:
@@ -213,7 +212,8 @@ class Runner:
         """
         try:
             check_order(order)
-            job = await self._admit(interaction.user.id, order)
+            budget = upload_budget(interaction.guild, interaction.filesize_limit)
+            job = await self._admit(interaction.user.id, order, budget)
         except (Refused, InvalidInput) as exc:
             await interaction.response.send_message(describe(exc), ephemeral=True)
             return
@@ -227,14 +227,13 @@ class Runner:
         ) -> None:
             await _deliver_to_interaction(interaction, reply_to, embed, attachments, view)
 
-        budget = upload_budget(interaction.guild, interaction.filesize_limit)
-        await self._follow(job, order, interaction.user, budget, show, deliver)
+        await self._follow(job, order, interaction.user, show, deliver)
 
     async def run_message(self, message: discord.Message, order: Order) -> None:
         """Run `order` asked for by a message that mentions the bot; everything replies to it."""
         try:
             check_order(order)
-            job = await self._admit(message.author.id, order)
+            job = await self._admit(message.author.id, order, upload_budget(message.guild))
         except (Refused, InvalidInput) as exc:
             await message.reply(describe(exc), mention_author=False, delete_after=30)
             return
@@ -248,30 +247,30 @@ class Runner:
         ) -> None:
             await status.edit(content=None, embed=embed, attachments=attachments, view=view)
 
-        budget = upload_budget(message.guild)
-        await self._follow(job, order, message.author, budget, show, deliver)
+        await self._follow(job, order, message.author, show, deliver)
 
-    async def _admit(self, owner: int, order: Order) -> Job[GenerationResult]:
+    async def _admit(self, owner: int, order: Order, budget: int) -> Job[Rendered]:
         urls = order.reference_urls
 
         async def load() -> tuple[InputImage, ...]:
             return await self._references.load(urls)
 
-        return await self._jobs.admit(owner, order.request(), order.count, load if urls else None)
+        return await self._jobs.admit(
+            owner, order.request(), order.count, load if urls else None, upload_budget=budget
+        )
 
     async def _follow(
         self,
-        job: Job[GenerationResult],
+        job: Job[Rendered],
         order: Order,
         requester: discord.abc.User,
-        budget: int,
         show: ShowStatus,
         deliver: Deliver,
     ) -> None:
         log.info("job %s: %s by %s (%s)", job.id, order.kind, requester.id, order.options_text())
         updater = asyncio.create_task(self._show_status(job, requester.id, show))
         try:
-            outcome = await self._jobs.finish(job, budget)
+            outcome = await self._jobs.finish(job)
         except JobCancelled:
             log.info("job %s: cancelled", job.id)
             return
@@ -300,7 +299,7 @@ class Runner:
             view=self._result_view(requester.id, len(files)),
         )
 
-    async def _show_status(self, job: Job[GenerationResult], owner: int, show: ShowStatus) -> None:
+    async def _show_status(self, job: Job[Rendered], owner: int, show: ShowStatus) -> None:
         last_text, last_edit = "", 0.0
         while job.state in (JobState.QUEUED, JobState.RUNNING):
             text = status_text(job)

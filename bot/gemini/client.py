@@ -157,8 +157,11 @@ class GeminiClient:
                 # A 4K answer is ~20 MB of JSON: decode its images as the chunks arrive rather
                 # than holding the body, then its base64 text, then the image, all at once.
                 splitter = InlineDataSplitter(self._max_response_bytes)
-                async for chunk in response.content.iter_any():
-                    splitter.feed(chunk)
+                # Decoding happens on the loop, chunk by chunk; a few bodies at a time keep each
+                # loop turn short, so a wave of answers can't delay everything else.
+                async with self._cpu_slots:
+                    async for chunk in response.content.iter_any():
+                        splitter.feed(chunk)
             return splitter.finish()
         except TimeoutError:
             failure = RequestTimedOut(f"no complete answer within {self._timeout:g} s")
