@@ -23,4 +23,12 @@ USER 10001
 VOLUME ["/app/data"]
 # python is PID 1 and handles SIGTERM itself: the bot closes its sessions and exits 0.
 STOPSIGNAL SIGTERM
+# The ops endpoint (/healthz, /metrics) is on by default, on loopback, so the health check has
+# something to ask; compose binds it to 0.0.0.0 for a scraper on its network. Turning it off
+# (METRICS_PORT empty) needs the health check off too: `docker run --no-healthcheck`.
+ENV METRICS_HOST=127.0.0.1 \
+    METRICS_PORT=8080
+# Python's http.client: slim images have no curl, and urllib would follow HTTP(S)_PROXY.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import http.client as h, os, sys; c = h.HTTPConnection('127.0.0.1', int(os.environ.get('METRICS_PORT') or 8080), timeout=4); c.request('GET', '/healthz'); sys.exit(c.getresponse().status != 200)"]
 CMD ["python", "-m", "bot"]
