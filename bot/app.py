@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import discord
 import yarl
 from discord.ext import commands
 
+from bot.admission import Admission
 from bot.gemini import GeminiClient
 from bot.jobs import ImageJobs, Rendered
-from bot.rate_limit import UserRateLimiter
+from bot.metrics import HealthCheck, Metrics, OpsServer
 from bot.references import ReferenceLoader
 from bot.scheduler import Scheduler
 from bot.settings import Settings
+from bot.store import DB_FILENAME, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,7 @@ class Services:
     settings: Settings
     jobs: ImageJobs
     references: ReferenceLoader
+    store: JobStore
 
 
 class BananaBot(commands.AutoShardedBot):
@@ -47,8 +52,11 @@ class BananaBot(commands.AutoShardedBot):
             intents=intents,
             help_command=None,
             allowed_mentions=discord.AllowedMentions.none(),
+            shard_count=services.settings.shard_count,
+            shard_ids=services.settings.shard_ids,  # type: ignore[arg-type]  # None: all shards
         )
         self.services = services
+        self.background_tasks: set[asyncio.Task[None]] = set()
 
     async def setup_hook(self) -> None:
         settings = self.services.settings
@@ -97,20 +105,34 @@ async def _serve(settings: Settings) -> int:
     _limit_malloc_arenas()
     _point_at_discord(settings)
     assert settings.discord_token is not None
-    async with aiohttp.ClientSession() as http:
-        scheduler: Scheduler[Rendered] = Scheduler(
-            settings.max_concurrent_jobs, settings.max_pending_per_user
-        )
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        store = await stack.enter_async_context(await JobStore.open(_database(settings)))
+        metrics = Metrics()
+        scheduler: Scheduler[Rendered] = Scheduler(settings.max_concurrent_jobs)
+        stack.push_async_callback(scheduler.close, cancel_running=True)
+        metrics.track_queue(lambda: scheduler.queue_depth, lambda: scheduler.in_flight)
         # One gate for Pillow work (fitting outputs, normalising inputs): Pillow's codecs release
         # the GIL, so a thread a core keeps the cores busy without piling up decoded images.
         cpu_slots = asyncio.Semaphore(os.cpu_count() or 1)
         jobs = ImageJobs(
-            GeminiClient.from_settings(http, settings),
-            UserRateLimiter(settings.user_rate_limit),
+            GeminiClient.from_settings(http, settings, on_retry=metrics.on_retry),
             scheduler,
             cpu_slots,
+            admission=await stack.enter_async_context(Admission.connect(settings)),
+            store=store,
+            metrics=metrics,
         )
-        bot = BananaBot(Services(settings, jobs, ReferenceLoader(http, cpu_slots)))
+        bot = BananaBot(Services(settings, jobs, ReferenceLoader(http, cpu_slots), store))
+        if settings.metrics_port is not None:
+            ops = OpsServer(
+                metrics,
+                {"gateway": _gateway_check(bot), "store": store.ping},
+                host=settings.metrics_host,
+                port=settings.metrics_port,
+            )
+            await ops.start()
+            stack.push_async_callback(ops.stop)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, lambda: asyncio.ensure_future(bot.close()))
@@ -129,10 +151,23 @@ async def _serve(settings: Settings) -> int:
         except discord.ConnectionClosed as exc:
             print(f"error: Discord closed the gateway (code {exc.code})", file=sys.stderr)
             return 1
-        finally:
-            await scheduler.close(cancel_running=True)
     log.info("stopped")
     return 0
+
+
+def _database(settings: Settings) -> Path:
+    # Processes that split the shards between them keep a database each: their guilds differ.
+    if settings.shard_ids is None:
+        return settings.data_dir / DB_FILENAME
+    suffix = "-".join(str(shard) for shard in settings.shard_ids)
+    return settings.data_dir / f"bot-shards-{suffix}.sqlite3"
+
+
+def _gateway_check(bot: BananaBot) -> HealthCheck:
+    async def gateway_connected() -> bool:
+        return bot.is_ready() and not bot.is_closed()
+
+    return gateway_connected
 
 
 def run_bot(settings: Settings) -> int:

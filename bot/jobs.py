@@ -1,16 +1,20 @@
-"""Image jobs: admission (pending cap, rate limit), fair scheduling of API calls, output fitting."""
+"""Image jobs: admitted under the user's limits, run fairly, fitted for upload, and recorded."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from bot import images
+from bot.admission import Admission, Policy, Ticket
 from bot.gemini import GeminiClient, GenerationResult, ImageRequest, InputImage
-from bot.rate_limit import UserRateLimiter
-from bot.scheduler import Job, PendingLimitReached, Scheduler
+from bot.metrics import Metrics
+from bot.scheduler import Job, JobCancelled, Scheduler
+from bot.store import JobRecord, JobStatus, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -18,35 +22,31 @@ log = logging.getLogger(__name__)
 _UPLOAD_OVERHEAD_BYTES = 64 * 1024
 
 ReferenceLoader = Callable[[], Awaitable[tuple[InputImage, ...]]]
+Kind = Literal["imagine", "edit", "reroll", "upscale"]
 
 
-class Refused(Exception):
-    """A request turned away before it cost anything."""
+@dataclass(frozen=True, slots=True)
+class Order:
+    """What a user asked for; the Discord surface writes it into the result message too."""
+
+    kind: Kind
+    prompt: str
+    aspect_ratio: str | None = None
+    image_size: str | None = None
+    count: int = 1
+    reference_urls: tuple[str, ...] = field(default=())
+
+    def request(self) -> ImageRequest:
+        return ImageRequest(self.prompt, (), self.aspect_ratio, self.image_size)
 
 
-class UserRateLimited(Refused):
-    """The user used up their rate limit; `retry_after` seconds until enough frees up."""
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Who asked and where."""
 
-    def __init__(self, retry_after: float, limit: str) -> None:
-        super().__init__(f"rate limited for {retry_after:.0f}s ({limit})")
-        self.retry_after = retry_after
-        self.limit = limit
-
-
-class TooManyAtOnce(Refused):
-    """One request asks for more images than the user's rate limit ever allows at once."""
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__(f"at most {capacity} images at once")
-        self.capacity = capacity
-
-
-class TooManyPending(Refused):
-    """The user already has `limit` jobs queued or running."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"{limit} jobs already pending")
-        self.limit = limit
+    user_id: int
+    guild_id: int | None
+    channel_id: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,19 +67,25 @@ class JobOutcome:
 
 
 class ImageJobs:
-    """Admits jobs under the user's limits, runs them fairly, and fits their images for upload."""
+    """Admits jobs, runs them fairly, fits their images for upload, and keeps their records."""
 
     def __init__(
         self,
         client: GeminiClient,
-        limiter: UserRateLimiter,
         scheduler: Scheduler[Rendered],
         cpu_slots: asyncio.Semaphore,
+        *,
+        admission: Admission,
+        store: JobStore,
+        metrics: Metrics,
     ) -> None:
         self._client = client
-        self._limiter = limiter
         self._scheduler = scheduler
         self._cpu_slots = cpu_slots
+        self._admission = admission
+        self._store = store
+        self._metrics = metrics
+        self._tickets: dict[str, Ticket] = {}
 
     @property
     def scheduler(self) -> Scheduler[Rendered]:
@@ -87,60 +93,101 @@ class ImageJobs:
 
     async def admit(
         self,
-        owner: int,
-        request: ImageRequest,
-        count: int = 1,
-        references: ReferenceLoader | None = None,
+        order: Order,
+        place: Place,
+        policy: Policy,
         *,
         upload_budget: int,
+        references: ReferenceLoader | None = None,
     ) -> Job[Rendered]:
-        """Queue `count` generations of `request` for `owner`, or raise `Refused`.
+        """Queue `order`, or raise `Refused` having taken nothing.
 
         References load concurrently with the queue wait; a request that starts before they
         are ready waits for them, and if they fail every request fails without an API call.
         Each request fits its images for upload (all of the job's together fit `upload_budget`)
         before it gives up its concurrency slot, so full-size images never pile up in memory.
         """
-        if self._scheduler.pending(owner) >= self._scheduler.max_pending_per_user:
-            raise TooManyPending(self._scheduler.max_pending_per_user)
-        if count > self._limiter.capacity:
-            raise TooManyAtOnce(self._limiter.capacity)
-        retry_after = await self._limiter.acquire(owner, count)
-        if retry_after is not None:
-            raise UserRateLimited(retry_after, self._limiter.describe())
+        try:
+            ticket = await self._admission.admit(
+                place.user_id, place.guild_id, order.count, order.image_size, policy
+            )
+        except Exception:
+            self._metrics.jobs.labels(outcome="refused", kind=order.kind).inc()
+            raise
         loaded = asyncio.ensure_future(references()) if references is not None else None
-
-        share = max(1, (upload_budget - _UPLOAD_OVERHEAD_BYTES) // count)
+        share = max(1, (upload_budget - _UPLOAD_OVERHEAD_BYTES) // order.count)
+        request = order.request()
+        recorded = asyncio.Event()  # the job's row exists: it may be marked running
+        running: list[bool] = []
 
         async def generate() -> Rendered:
+            if not running:  # the first request to start marks the job running
+                running.append(True)
+                await recorded.wait()
+                await self._store.mark_running(job.id, time.time())
             final = request
             if loaded is not None:
                 final = replace(request, images=request.images + await asyncio.shield(loaded))
+            began = time.monotonic()
             result = await self._client.generate(final)
+            self._metrics.api_latency_seconds.observe(time.monotonic() - began)
             return Rendered(await self._fit(result, share), result.caption)
 
-        try:
-            job = self._scheduler.submit(owner, [generate] * count)
-        except PendingLimitReached as exc:
-            if loaded is not None:
-                loaded.cancel()
-            raise TooManyPending(exc.limit) from None
+        job = self._scheduler.submit(place.user_id, [generate] * order.count)
+        self._tickets[job.id] = ticket
         if loaded is not None:
             # A job cancelled while queued never awaits its references: don't leak the error.
             loaded.add_done_callback(_consume_exception)
+        await self._store.add_job(_record(job.id, order, place, ticket))
+        recorded.set()
         return job
 
-    async def finish(self, job: Job[Rendered]) -> JobOutcome:
-        """Wait for `job` and gather what its requests made."""
+    async def finish(self, job: Job[Rendered], order: Order) -> JobOutcome:
+        """Wait for `job`, gather what its requests made, and give back what it didn't use."""
         outcome = JobOutcome()
-        for result in await job.results():
-            if isinstance(result, Rendered):
-                outcome.images.extend(result.images)
-                if result.caption:
-                    outcome.captions.append(result.caption)
-            else:
-                outcome.errors.append(result)
+        ticket = self._tickets.pop(job.id)
+        try:
+            for result in await job.results():
+                if isinstance(result, Rendered):
+                    outcome.images.extend(result.images)
+                    if result.caption:
+                        outcome.captions.append(result.caption)
+                else:
+                    outcome.errors.append(result)
+        except JobCancelled:
+            await self.record(job.id, order, "cancelled")
+            raise
+        finally:
+            delivered = min(len(outcome.images), ticket.reservation.images)
+            await self._admission.settle(ticket, delivered)
         return outcome
+
+    async def record(
+        self,
+        job_id: str,
+        order: Order,
+        status: JobStatus,
+        *,
+        outcome: JobOutcome | None = None,
+        result: tuple[int, int] | None = None,
+    ) -> None:
+        """Write how a job ended (and where its result is) to the store and the metrics."""
+        delivered = len(outcome.images) if outcome is not None and status == "done" else 0
+        cost = self._admission.estimate(order.image_size, delivered)
+        error = outcome.errors[0] if outcome is not None and outcome.errors else None
+        await self._store.finish_job(
+            job_id,
+            status,
+            at=time.time(),
+            images=delivered,
+            error_kind=type(error).__name__ if error is not None else None,
+            estimated_cost_usd=cost,
+            result_channel_id=result[0] if result else None,
+            result_message_id=result[1] if result else None,
+        )
+        self._metrics.jobs.labels(outcome=status, kind=order.kind).inc()
+        self._metrics.images.inc(delivered)
+        self._metrics.estimated_spend_usd.inc(cost)
 
     async def _fit(self, result: GenerationResult, budget: int) -> tuple[images.FittedImage, ...]:
         each = max(1, budget // len(result.images))
@@ -149,6 +196,31 @@ class ImageJobs:
             async with self._cpu_slots:
                 fitted.append(await asyncio.to_thread(images.fit_to_budget, image.data, each))
         return tuple(fitted)
+
+
+def _record(job_id: str, order: Order, place: Place, ticket: Ticket) -> JobRecord:
+    return JobRecord(
+        id=job_id,
+        user_id=place.user_id,
+        guild_id=place.guild_id,
+        channel_id=place.channel_id,
+        kind=order.kind,
+        prompt=order.prompt,
+        aspect_ratio=order.aspect_ratio,
+        image_size=order.image_size,
+        count=order.count,
+        references=len(order.reference_urls),
+        status="queued",
+        created_at=time.time(),
+        started_at=None,
+        finished_at=None,
+        error_kind=None,
+        images=0,
+        estimated_cost_usd=ticket.reservation.cost_usd,
+        result_channel_id=None,
+        result_message_id=None,
+        notify_message_id=None,
+    )
 
 
 def _consume_exception(task: asyncio.Future[tuple[InputImage, ...]]) -> None:

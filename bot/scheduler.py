@@ -19,14 +19,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class PendingLimitReached(Exception):
-    """The owner already has `limit` unfinished jobs."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"owner already has {limit} unfinished jobs")
-        self.limit = limit
-
-
 class JobCancelled(Exception):
     """The job was cancelled before any of its requests started."""
 
@@ -125,9 +117,8 @@ class Job(Generic[T]):
 class Scheduler(Generic[T]):
     """Runs at most `max_concurrent` requests at once, taking the next one round-robin by owner."""
 
-    def __init__(self, max_concurrent: int, max_pending_per_user: int) -> None:
+    def __init__(self, max_concurrent: int) -> None:
         self.max_concurrent = max_concurrent
-        self.max_pending_per_user = max_pending_per_user
         # Owners with waiting requests, each with its FIFO; the dict's order is the rotation.
         self._queues: dict[int, deque[_Request[T]]] = {}
         self._unfinished: dict[str, Job[T]] = {}
@@ -149,18 +140,12 @@ class Scheduler(Generic[T]):
         """The unfinished job with this id, if any."""
         return self._unfinished.get(job_id)
 
-    def pending(self, owner: int) -> int:
-        """The owner's queued and running jobs."""
-        return sum(job.owner == owner for job in self._unfinished.values())
-
     def submit(self, owner: int, requests: Sequence[Callable[[], Awaitable[T]]]) -> Job[T]:
-        """Queue one job of `requests`; sync, so a caller's check-then-submit cannot interleave."""
+        """Queue one job of `requests` (admission, with its per-user caps, happens before)."""
         if self._closed:
             raise RuntimeError("scheduler is closed")
         if not requests:
             raise ValueError("a job needs at least one request")
-        if self.pending(owner) >= self.max_pending_per_user:
-            raise PendingLimitReached(self.max_pending_per_user)
         job_id = secrets.token_hex(4)
         while job_id in self._unfinished:
             job_id = secrets.token_hex(4)

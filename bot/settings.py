@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 from limits import parse_many
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GOOGLE_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -48,6 +48,19 @@ class Settings(BaseSettings):
     max_concurrent_jobs: int = Field(default=4, ge=1, le=256)
     max_pending_per_user: int = Field(default=2, ge=1, le=100)
 
+    # Quotas and budgets (UTC days)
+    user_daily_quota: int | None = Field(default=25, ge=0)
+    guild_daily_budget_usd: float | None = Field(default=None, ge=0)
+    price_per_million_image_tokens_usd: float = Field(default=60.0, ge=0)
+
+    # Storage, scale and operations
+    data_dir: Path = Path("data")
+    redis_url: str | None = None
+    shard_count: int | None = Field(default=None, ge=1)
+    shard_ids: list[int] | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("gemini_base_url", "discord_api_base_url", "discord_gateway_url")
@@ -60,6 +73,32 @@ class Settings(BaseSettings):
         if not sep or not rest or scheme not in {"http", "https", "ws", "wss"}:
             raise ValueError("must be an http(s) or ws(s) URL")
         return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _is_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return value
+
+    @field_validator("shard_ids", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        # pydantic-settings tries JSON first: "0,2" stays text, but "5" arrives as the number 5.
+        if isinstance(value, int):
+            return [value]
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _shards_fit(self) -> Settings:
+        if self.shard_ids is not None:
+            if self.shard_count is None:
+                raise ValueError("SHARD_IDS needs SHARD_COUNT")
+            if any(not 0 <= shard < self.shard_count for shard in self.shard_ids):
+                raise ValueError("SHARD_IDS must lie in 0..SHARD_COUNT-1")
+        return self
 
     @field_validator("gemini_model")
     @classmethod
@@ -91,7 +130,7 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            name = "_".join(str(part) for part in error["loc"]).upper() or "SETTINGS"
+            name = "_".join(str(part) for part in error["loc"]).upper()
             reason = "is required" if error["type"] == "missing" else error["msg"]
-            problems.append(f"{name} {reason.removeprefix('Value error, ')}")
+            problems.append(f"{name} {reason.removeprefix('Value error, ')}".strip())
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from bot import gemini, images
-from bot.jobs import TooManyAtOnce, TooManyPending, UserRateLimited
+from bot.admission import QuotaExhausted, TooManyAtOnce, TooManyPending, UserRateLimited
 from bot.references import UnusableReference
 
 TEXT_LIMIT = 1500  # leaves room around the model's text in a 2000-character message
@@ -26,6 +26,13 @@ def describe(error: BaseException | None) -> str:
     match error:
         case UserRateLimited(retry_after=wait, limit=limit):
             return f"⏳ Slow down — you can make {limit}. Try again {_in(wait)}."
+        case QuotaExhausted(scope="user", limit=limit, resets_at=resets):
+            return f"📅 You've used today's {limit:g} images. More <t:{int(resets.timestamp())}:R>."
+        case QuotaExhausted(resets_at=resets):
+            return (
+                "📅 This server has used today's image budget. "
+                f"More <t:{int(resets.timestamp())}:R>."
+            )
         case TooManyAtOnce(capacity=capacity):
             return f"⚠️ You can ask for at most {capacity} image(s) at once."
         case TooManyPending(limit=limit):

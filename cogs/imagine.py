@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Literal
 
 import discord
@@ -10,9 +12,11 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.gemini import ASPECT_RATIOS, IMAGE_SIZES, MAX_REFERENCE_IMAGES
-from cogs.errors import InvalidInput, describe
+from bot.jobs import Order
+from bot.store import JobRecord
+from cogs.errors import InvalidInput, clip, describe
 from cogs.results import cancel_view, result_view
-from cogs.runner import PROMPT_MAX, Order, Runner, check_attachments, image_urls
+from cogs.runner import PROMPT_MAX, Runner, check_attachments, image_urls
 
 if TYPE_CHECKING:
     from bot.app import BananaBot
@@ -191,10 +195,42 @@ def _strip_mentions(content: str, user_id: int) -> str:
     return " ".join(content.split())
 
 
+async def _tell_interrupted(bot: BananaBot, jobs: list[JobRecord]) -> None:
+    """Tell each requester whose job a stop cut short, where they asked for it."""
+    await bot.wait_until_ready()
+    for job in jobs:
+        if job.channel_id is None:
+            continue
+        text = (
+            f"<@{job.user_id}> the bot restarted before your request "
+            f"“{clip(job.prompt, 150)}” finished. Please run it again."
+        )
+        try:
+            await bot.get_partial_messageable(job.channel_id).send(
+                text, allowed_mentions=discord.AllowedMentions(users=True)
+            )
+        except discord.HTTPException as exc:
+            log.warning("could not tell %s about interrupted job %s: %s", job.user_id, job.id, exc)
+
+
 async def setup(bot: BananaBot) -> None:
     services = bot.services
+    interrupted = await services.store.interrupt_unfinished(time.time())
+    if interrupted:
+        log.info("%d job(s) were cut short by the last stop", len(interrupted))
+        # Held by the bot so the task isn't collected; it ends once everyone is told.
+        task = asyncio.create_task(_tell_interrupted(bot, interrupted))
+        bot.background_tasks.add(task)
+        task.add_done_callback(bot.background_tasks.discard)
     cog = ImagineCog(
-        Runner(services.jobs, services.references, result_view, cancel_view),
+        Runner(
+            services.jobs,
+            services.references,
+            services.store,
+            services.settings,
+            result_view,
+            cancel_view,
+        ),
         bot.user.id if bot.user else None,
     )
     await bot.add_cog(cog)

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord.ext import commands
 
+from bot.jobs import Order
 from cogs.errors import InvalidInput, describe
-from cogs.runner import PROMPT_MAX, Order, Runner, read_order
+from cogs.runner import PROMPT_MAX, Runner, read_order
 
 if TYPE_CHECKING:
     from bot.app import BananaBot
@@ -229,6 +230,13 @@ class Results(commands.Cog):
 
 async def setup(bot: BananaBot) -> None:
     services = bot.services
-    runner = Runner(services.jobs, services.references, result_view, cancel_view)
+    runner = Runner(
+        services.jobs,
+        services.references,
+        services.store,
+        services.settings,
+        result_view,
+        cancel_view,
+    )
     await bot.add_cog(Results(runner))
     bot.add_dynamic_items(ResultButton, CancelButton)

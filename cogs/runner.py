@@ -9,23 +9,25 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from dataclasses import replace
+from typing import Protocol
 
 import discord
 
 from bot import images
+from bot.admission import Policy, Refused
 from bot.gemini import (
     ASPECT_RATIOS,
     IMAGE_SIZES,
     MAX_REFERENCE_IMAGES,
     GeminiError,
-    ImageRequest,
     InputImage,
 )
-from bot.jobs import ImageJobs, JobOutcome, Refused, Rendered
+from bot.jobs import ImageJobs, JobOutcome, Kind, Order, Place, Rendered
 from bot.references import ReferenceLoader, UnusableReference
 from bot.scheduler import Job, JobCancelled, JobState
+from bot.settings import Settings
+from bot.store import GuildSettings, JobStore
 from cogs.errors import InvalidInput, clip, describe
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,6 @@ STATUS_REFRESH = 5.0  # how often the elapsed time is refreshed while generating
 # Interaction tokens live 15 minutes; past this age a result goes out as a channel message.
 TOKEN_SAFE_AGE = datetime.timedelta(minutes=14)
 
-Kind = Literal["imagine", "edit", "reroll", "upscale"]
 _TITLES: dict[str, str] = {
     "imagine": "🎨 Imagine",
     "edit": "✏️ Edit",
@@ -47,23 +48,9 @@ _TITLES: dict[str, str] = {
 _REFERENCE_LINK = re.compile(r"\]\((\S+?)\)")
 
 
-@dataclass(frozen=True, slots=True)
-class Order:
-    """What a user asked for; written into the result message so buttons can recover it."""
-
-    kind: Kind
-    prompt: str
-    aspect_ratio: str | None = None
-    image_size: str | None = None
-    count: int = 1
-    reference_urls: tuple[str, ...] = field(default=())
-
-    def request(self) -> ImageRequest:
-        return ImageRequest(self.prompt, (), self.aspect_ratio, self.image_size)
-
-    def options_text(self) -> str:
-        parts = [self.aspect_ratio or "auto ratio", self.image_size or "1K"]
-        return " · ".join(parts)
+def options_text(order: Order) -> str:
+    """The order's options as the result shows them (and `read_order` reads them back)."""
+    return " · ".join([order.aspect_ratio or "auto ratio", order.image_size or "1K"])
 
 
 def check_order(order: Order) -> None:
@@ -83,7 +70,7 @@ def result_embed(order: Order, outcome: JobOutcome, requester: discord.abc.User)
     if caption:
         embed.description = clip(caption, 1500)
     embed.add_field(name="Prompt", value=clip(order.prompt, 1024), inline=False)
-    embed.add_field(name="Options", value=order.options_text(), inline=True)
+    embed.add_field(name="Options", value=options_text(order), inline=True)
     chunk = ""
     for number, url in enumerate(order.reference_urls, 1):
         link = f"[{number}]({url}) "
@@ -145,6 +132,18 @@ def check_attachments(attachments: Sequence[discord.Attachment]) -> None:
             )
 
 
+def check_allowed(order: Order, place: Place, guild: GuildSettings | None) -> None:
+    """Refuse what this server's admins ruled out: other channels, banned words."""
+    if guild is None:
+        return
+    if guild.allowed_channel_ids and place.channel_id not in guild.allowed_channel_ids:
+        channels = " ".join(f"<#{c}>" for c in guild.allowed_channel_ids[:5])
+        raise InvalidInput(f"Images can't be made in this channel here. Try {channels}.")
+    prompt = order.prompt.lower()
+    if any(re.search(rf"\b{re.escape(word)}\b", prompt) for word in guild.banned_words):
+        raise InvalidInput("That prompt uses a word this server doesn't allow.")
+
+
 def upload_budget(guild: discord.Guild | None, interaction_limit: int | None = None) -> int:
     """The most bytes one upload may carry here."""
     budget = DISCORD_UPLOAD_CAP
@@ -175,7 +174,7 @@ class Deliver(Protocol):
 
     async def __call__(
         self, *, embed: discord.Embed, attachments: list[discord.File], view: discord.ui.View
-    ) -> None: ...
+    ) -> discord.Message | None: ...
 
 
 class Runner:
@@ -185,11 +184,15 @@ class Runner:
         self,
         jobs: ImageJobs,
         references: ReferenceLoader,
+        store: JobStore,
+        settings: Settings,
         result_view: Callable[[int, int], discord.ui.View],
         cancel_view: Callable[[str, int], discord.ui.View],
     ) -> None:
         self._jobs = jobs
         self._references = references
+        self._store = store
+        self._settings = settings
         self._result_view = result_view
         self._cancel_view = cancel_view
 
@@ -210,10 +213,10 @@ class Runner:
         With `reply_to`, the status is private and the result replies to that message;
         otherwise the status and then the result are the interaction's public response.
         """
+        place = Place(interaction.user.id, interaction.guild_id, interaction.channel_id)
+        budget = upload_budget(interaction.guild, interaction.filesize_limit)
         try:
-            check_order(order)
-            budget = upload_budget(interaction.guild, interaction.filesize_limit)
-            job = await self._admit(interaction.user.id, order, budget)
+            order, job = await self._admit(order, place, budget)
         except (Refused, InvalidInput) as exc:
             await interaction.response.send_message(describe(exc), ephemeral=True)
             return
@@ -224,16 +227,18 @@ class Runner:
 
         async def deliver(
             *, embed: discord.Embed, attachments: list[discord.File], view: discord.ui.View
-        ) -> None:
-            await _deliver_to_interaction(interaction, reply_to, embed, attachments, view)
+        ) -> discord.Message | None:
+            return await _deliver_to_interaction(interaction, reply_to, embed, attachments, view)
 
         await self._follow(job, order, interaction.user, show, deliver)
 
     async def run_message(self, message: discord.Message, order: Order) -> None:
         """Run `order` asked for by a message that mentions the bot; everything replies to it."""
+        place = Place(
+            message.author.id, message.guild.id if message.guild else None, message.channel.id
+        )
         try:
-            check_order(order)
-            job = await self._admit(message.author.id, order, upload_budget(message.guild))
+            order, job = await self._admit(order, place, upload_budget(message.guild))
         except (Refused, InvalidInput) as exc:
             await message.reply(describe(exc), mention_author=False, delete_after=30)
             return
@@ -244,20 +249,40 @@ class Runner:
 
         async def deliver(
             *, embed: discord.Embed, attachments: list[discord.File], view: discord.ui.View
-        ) -> None:
-            await status.edit(content=None, embed=embed, attachments=attachments, view=view)
+        ) -> discord.Message | None:
+            return await status.edit(content=None, embed=embed, attachments=attachments, view=view)
 
         await self._follow(job, order, message.author, show, deliver)
 
-    async def _admit(self, owner: int, order: Order, budget: int) -> Job[Rendered]:
+    async def _admit(self, order: Order, place: Place, budget: int) -> tuple[Order, Job[Rendered]]:
+        """Apply the server's rules and the user's defaults, then queue; or raise why not."""
+        check_order(order)
+        guild = await self._store.guild_settings(place.guild_id) if place.guild_id else None
+        check_allowed(order, place, guild)
+        if order.kind in ("imagine", "edit"):
+            mine = await self._store.user_settings(place.user_id)
+            order = replace(
+                order,
+                aspect_ratio=order.aspect_ratio
+                or mine.default_aspect_ratio
+                or (guild.default_aspect_ratio if guild else None),
+                image_size=order.image_size
+                or mine.default_size
+                or (guild.default_size if guild else None),
+            )
         urls = order.reference_urls
 
         async def load() -> tuple[InputImage, ...]:
             return await self._references.load(urls)
 
-        return await self._jobs.admit(
-            owner, order.request(), order.count, load if urls else None, upload_budget=budget
+        job = await self._jobs.admit(
+            order,
+            place,
+            Policy.of(self._settings, guild),
+            upload_budget=budget,
+            references=load if urls else None,
         )
+        return order, job
 
     async def _follow(
         self,
@@ -267,10 +292,10 @@ class Runner:
         show: ShowStatus,
         deliver: Deliver,
     ) -> None:
-        log.info("job %s: %s by %s (%s)", job.id, order.kind, requester.id, order.options_text())
+        log.info("job %s: %s by %s (%s)", job.id, order.kind, requester.id, options_text(order))
         updater = asyncio.create_task(self._show_status(job, requester.id, show))
         try:
-            outcome = await self._jobs.finish(job)
+            outcome = await self._jobs.finish(job, order)
         except JobCancelled:
             log.info("job %s: cancelled", job.id)
             return
@@ -280,8 +305,9 @@ class Runner:
             _log_failure(job.id, error)
         stopped = [e for e in outcome.errors if isinstance(e, asyncio.CancelledError)]
         if not outcome.images and stopped and len(stopped) == len(outcome.errors):
-            return  # the bot is stopping: nobody is left to tell
+            return  # the bot is stopping: the job is marked interrupted at the next start
         if not outcome.images:
+            await self._jobs.record(job.id, order, "failed", outcome=outcome)
             text = describe(outcome.errors[0]) if outcome.errors else describe(None)
             try:
                 await show(text, None)
@@ -293,11 +319,17 @@ class Runner:
             for n, image in enumerate(outcome.images, 1)
         ]
         log.info("job %s: done, %d image(s)", job.id, len(files))
-        await deliver(
-            embed=result_embed(order, outcome, requester),
-            attachments=files,
-            view=self._result_view(requester.id, len(files)),
-        )
+        try:
+            posted = await deliver(
+                embed=result_embed(order, outcome, requester),
+                attachments=files,
+                view=self._result_view(requester.id, len(files)),
+            )
+        except Exception:
+            await self._jobs.record(job.id, order, "failed", outcome=outcome)
+            raise
+        where = (posted.channel.id, posted.id) if posted is not None else None
+        await self._jobs.record(job.id, order, "done", outcome=outcome, result=where)
 
     async def _show_status(self, job: Job[Rendered], owner: int, show: ShowStatus) -> None:
         last_text, last_edit = "", 0.0
@@ -319,14 +351,13 @@ async def _deliver_to_interaction(
     embed: discord.Embed,
     files: list[discord.File],
     view: discord.ui.View,
-) -> None:
+) -> discord.Message | None:
     token_fresh = discord.utils.utcnow() - interaction.created_at < TOKEN_SAFE_AGE
     if reply_to is None and token_fresh:
         try:
-            await interaction.edit_original_response(
+            return await interaction.edit_original_response(
                 content=None, embed=embed, attachments=files, view=view
             )
-            return
         except discord.HTTPException as exc:
             if not _token_refused(exc):
                 raise
@@ -348,7 +379,7 @@ async def _deliver_to_interaction(
         )
     else:
         log.warning("no channel to deliver interaction %s to", interaction.id)
-        return
+        return None
     if token_fresh:
         try:
             await interaction.edit_original_response(
@@ -358,6 +389,7 @@ async def _deliver_to_interaction(
             if not _token_refused(exc):
                 raise
             log.debug("interaction %s: token expired before the status edit", interaction.id)
+    return message
 
 
 def _token_refused(error: discord.HTTPException) -> bool:

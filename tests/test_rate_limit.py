@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import pytest
 from limits.aio.storage import MemoryStorage
 
 from bot.rate_limit import UserRateLimiter
+
+pytest_plugins = ["tests.redis_server"]
 
 
 class Clock:
@@ -128,3 +130,77 @@ async def test_async_storage_uris_are_accepted_as_given() -> None:
     limiter = UserRateLimiter("1/minute", "async+memory://")
     assert await limiter.acquire(1) is None
     assert await limiter.acquire(1) is not None
+
+
+async def test_a_spec_per_call_replaces_the_limiters_own(clock: Clock) -> None:
+    limiter = UserRateLimiter("5/minute")
+    assert limiter.capacity_for("2/minute;10/hour") == 2
+    assert limiter.describe("2/minute;10/hour") == "2 per minute, 10 per hour"
+    assert await limiter.acquire(1, cost=2, spec="2/minute") is None
+    assert await limiter.acquire(1, spec="2/minute") == pytest.approx(60)
+    with pytest.raises(ValueError, match="cost"):
+        await limiter.acquire(1, cost=3, spec="2/minute")
+
+    # The limiter's own 5/minute is a different window, and a spec sharing a limit shares it.
+    assert await limiter.acquire(1, cost=4) is None
+    assert await limiter.acquire(1, spec="5/minute;20/hour") is None
+    assert await limiter.acquire(1, spec="5/minute;20/hour") == pytest.approx(60)
+
+
+async def test_a_malformed_spec_per_call_is_refused() -> None:
+    with pytest.raises(ValueError):
+        await UserRateLimiter("5/minute").acquire(1, spec="often")
+
+
+# --- shared through Redis ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def two_processes(redis_url: str) -> AsyncIterator[tuple[UserRateLimiter, UserRateLimiter]]:
+    """Two limiters, each with its own Redis connection, as two bot processes would have."""
+    first = UserRateLimiter("3/minute", redis_url)
+    second = UserRateLimiter("3/minute", redis_url.replace("redis://", "async+redis://"))
+    yield first, second
+    await first.close()
+    await second.close()
+
+
+async def test_limiters_on_one_redis_share_a_users_limit(
+    clock: Clock, two_processes: tuple[UserRateLimiter, UserRateLimiter]
+) -> None:
+    first, second = two_processes
+    assert await first.acquire(1, cost=2) is None
+    clock.advance(10)
+    assert await second.acquire(1) is None
+    assert await first.acquire(1) == pytest.approx(50)
+    assert await second.acquire(1) == pytest.approx(50)
+    assert await second.acquire(2, cost=3) is None  # other users are counted apart
+
+    clock.advance(50.1)
+    assert await second.acquire(1, cost=2) is None
+    assert await first.acquire(1) is not None
+
+
+async def test_concurrent_acquires_through_two_limiters_admit_exactly_the_limit(
+    two_processes: tuple[UserRateLimiter, UserRateLimiter],
+) -> None:
+    first, second = two_processes
+    waits = await asyncio.gather(*(limiter.acquire(1) for limiter in [first, second] * 10))
+    assert sum(wait is None for wait in waits) == 3
+
+
+async def test_several_windows_through_two_limiters_never_admit_too_many(redis_url: str) -> None:
+    limiters = [UserRateLimiter("10/hour;3/minute", redis_url) for _ in range(2)]
+    try:
+        waits = await asyncio.gather(*(limiter.acquire(1) for limiter in limiters * 10))
+        # Racing processes may spend an hour entry for a refused call, never admit a 4th.
+        assert 1 <= sum(wait is None for wait in waits) <= 3
+    finally:
+        for limiter in limiters:
+            await limiter.close()
+
+
+async def test_closing_a_memory_limiter_is_harmless() -> None:
+    limiter = UserRateLimiter("1/minute")
+    await limiter.close()
+    assert await limiter.acquire(1) is None

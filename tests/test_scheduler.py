@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from bot.scheduler import Job, JobCancelled, JobState, PendingLimitReached, Scheduler
+from bot.scheduler import Job, JobCancelled, JobState, Scheduler
 
 Call = Callable[[], Awaitable[str]]
 
@@ -69,7 +69,7 @@ def api() -> FakeApi:
 
 
 async def test_the_concurrency_cap_is_never_exceeded(api: FakeApi) -> None:
-    scheduler: Scheduler[str] = Scheduler(max_concurrent=3, max_pending_per_user=4)
+    scheduler: Scheduler[str] = Scheduler(max_concurrent=3)
     names = [f"{user}{job}" for user in "ab" for job in range(3)]
     api.hold(*(f"{name}.{index}" for name in names for index in range(2)))
     jobs = [scheduler.submit(ord(name[0]), api.calls(name, 2)) for name in names]
@@ -84,7 +84,7 @@ async def test_the_concurrency_cap_is_never_exceeded(api: FakeApi) -> None:
 
 
 async def test_a_jobs_requests_run_in_parallel_when_slots_are_free(api: FakeApi) -> None:
-    scheduler: Scheduler[str] = Scheduler(max_concurrent=4, max_pending_per_user=1)
+    scheduler: Scheduler[str] = Scheduler(max_concurrent=4)
     api.hold(*(f"a1.{index}" for index in range(4)))
     job = scheduler.submit(1, api.calls("a1", 4))
     await idle()
@@ -96,7 +96,7 @@ async def test_a_jobs_requests_run_in_parallel_when_slots_are_free(api: FakeApi)
 
 
 async def test_a_burst_from_one_user_does_not_starve_the_others(api: FakeApi) -> None:
-    scheduler: Scheduler[str] = Scheduler(max_concurrent=1, max_pending_per_user=4)
+    scheduler: Scheduler[str] = Scheduler(max_concurrent=1)
     jobs = [scheduler.submit(1, api.calls(f"a{job}", 4)) for job in range(4)]
     jobs += [
         scheduler.submit(user, api.calls(f"{name}0", 1)) for user, name in [(2, "b"), (3, "c")]
@@ -111,7 +111,7 @@ async def test_a_burst_from_one_user_does_not_starve_the_others(api: FakeApi) ->
 
 
 async def test_positions_match_the_order_requests_actually_start(api: FakeApi) -> None:
-    scheduler: Scheduler[str] = Scheduler(max_concurrent=2, max_pending_per_user=3)
+    scheduler: Scheduler[str] = Scheduler(max_concurrent=2)
     submissions = [
         (1, "a1", 3),
         (2, "b1", 2),
@@ -132,7 +132,7 @@ async def test_positions_match_the_order_requests_actually_start(api: FakeApi) -
 
 
 async def test_wait_changed_wakes_only_when_state_or_position_moves(api: FakeApi) -> None:
-    scheduler: Scheduler[str] = Scheduler(max_concurrent=1, max_pending_per_user=2)
+    scheduler: Scheduler[str] = Scheduler(max_concurrent=1)
     api.hold("a1.0")
     scheduler.submit(1, api.calls("a1", 1))
     ahead = scheduler.submit(1, api.calls("a2", 1))
@@ -158,27 +158,8 @@ async def test_wait_changed_wakes_only_when_state_or_position_moves(api: FakeApi
     assert watched.position() is None
 
 
-async def test_the_pending_cap_counts_queued_and_running_jobs(api: FakeApi) -> None:
-    scheduler: Scheduler[str] = Scheduler(max_concurrent=1, max_pending_per_user=2)
-    api.hold("a1.0")
-    first = scheduler.submit(1, api.calls("a1", 1))
-    scheduler.submit(1, api.calls("a2", 1))
-    assert (first.state, scheduler.pending(1)) == (JobState.RUNNING, 2)
-
-    with pytest.raises(PendingLimitReached) as refused:
-        scheduler.submit(1, api.calls("a3", 1))
-    assert refused.value.limit == 2
-    assert scheduler.pending(2) == 0
-    scheduler.submit(2, api.calls("b1", 1))
-
-    api.release()
-    await first.results()
-    assert scheduler.pending(1) == 1
-    scheduler.submit(1, api.calls("a3", 1))
-
-
-async def test_cancelling_a_queued_job_frees_its_slot_at_once(api: FakeApi) -> None:
-    scheduler: Scheduler[str] = Scheduler(max_concurrent=1, max_pending_per_user=2)
+async def test_cancelling_a_queued_job_removes_its_requests_at_once(api: FakeApi) -> None:
+    scheduler: Scheduler[str] = Scheduler(max_concurrent=1)
     api.hold("a1.0")
     running = scheduler.submit(1, api.calls("a1", 1))
     queued = scheduler.submit(1, api.calls("a2", 2))
@@ -187,7 +168,7 @@ async def test_cancelling_a_queued_job_frees_its_slot_at_once(api: FakeApi) -> N
     assert queued.cancel() is True
     assert queued.state is JobState.CANCELLED
     assert queued.position() is None
-    assert (scheduler.pending(1), scheduler.queue_depth, other.position()) == (1, 1, 1)
+    assert (scheduler.queue_depth, other.position()) == (1, 1)
     assert queued.cancel() is False
     with pytest.raises(JobCancelled):
         await queued.results()
@@ -199,7 +180,7 @@ async def test_cancelling_a_queued_job_frees_its_slot_at_once(api: FakeApi) -> N
 
 
 async def test_a_job_cannot_be_cancelled_once_a_request_started(api: FakeApi) -> None:
-    scheduler: Scheduler[str] = Scheduler(max_concurrent=1, max_pending_per_user=1)
+    scheduler: Scheduler[str] = Scheduler(max_concurrent=1)
     api.hold("a1.0")
     job = scheduler.submit(1, api.calls("a1", 2))
     assert scheduler.queue_depth == 1  # its second request is still waiting
@@ -216,7 +197,7 @@ async def test_a_failing_request_does_not_lose_its_siblings(
     def broken() -> Awaitable[str]:
         raise RuntimeError("raised before returning an awaitable")
 
-    scheduler: Scheduler[str] = Scheduler(max_concurrent=4, max_pending_per_user=2)
+    scheduler: Scheduler[str] = Scheduler(max_concurrent=4)
     boom = ValueError("blocked")
     mixed = scheduler.submit(1, [api.call("a1.0"), api.call("a1.1", boom), api.call("a1.2")])
     failed = scheduler.submit(1, [broken])
@@ -232,7 +213,7 @@ async def test_a_failing_request_does_not_lose_its_siblings(
 
 
 async def test_close_cancels_queued_jobs_and_lets_started_ones_finish(api: FakeApi) -> None:
-    scheduler: Scheduler[str] = Scheduler(max_concurrent=1, max_pending_per_user=1)
+    scheduler: Scheduler[str] = Scheduler(max_concurrent=1)
     api.hold("a1.0", "a1.1")
     started = scheduler.submit(1, api.calls("a1", 2))
     queued = scheduler.submit(2, api.calls("b1", 1))
@@ -253,7 +234,7 @@ async def test_close_cancels_queued_jobs_and_lets_started_ones_finish(api: FakeA
 
 
 async def test_close_can_cancel_running_requests(api: FakeApi) -> None:
-    scheduler: Scheduler[str] = Scheduler(max_concurrent=1, max_pending_per_user=1)
+    scheduler: Scheduler[str] = Scheduler(max_concurrent=1)
     api.hold("a1.0", "a1.1")
     job = scheduler.submit(1, api.calls("a1", 2))
     await idle()

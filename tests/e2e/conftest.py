@@ -205,6 +205,7 @@ def bot_env(discord: FakeDiscord, gemini: FakeGemini) -> dict[str, str]:
         DISCORD_GATEWAY_URL=discord.gateway_url,
         DEV_GUILD_ID=str(discord.guild_id),
         USER_RATE_LIMIT="100/minute",
+        USER_DAILY_QUOTA="1000",
         MAX_CONCURRENT_JOBS="4",
         MAX_PENDING_PER_USER="2",
         LOG_LEVEL="DEBUG",
