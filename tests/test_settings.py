@@ -66,3 +66,12 @@ def test_redact_scrubs_known_secrets_and_key_parameters() -> None:
     cleaned = redact(text, ["abc123"])
     assert "AIzaUNKNOWN" not in cleaned and "abc123" not in cleaned
     assert "alt=json" in cleaned
+
+
+@pytest.mark.parametrize("document", ["README.md", ".env.example"])
+def test_every_setting_is_documented(document: str) -> None:
+    from bot.settings import Settings
+
+    text = (Path(__file__).resolve().parents[1] / document).read_text()
+    missing = [name.upper() for name in Settings.model_fields if name.upper() not in text]
+    assert missing == []
