@@ -257,6 +257,7 @@ class _SettingsTable(Generic[_Settings]):
         return row
 
 
+_SETTINGS_CACHE_SIZE = 10_000
 _GUILD_SETTINGS = _SettingsTable(GuildSettings, "guild_settings", "guild_id")
 _USER_SETTINGS = _SettingsTable(UserSettings, "user_settings", "user_id")
 
@@ -271,6 +272,9 @@ class JobStore:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
         self._lock = asyncio.Lock()
+        # Settings are read before every job is admitted and change rarely: one process owns its
+        # database, so a cache that every update writes through is always current.
+        self._cache: dict[tuple[str, int], object] = {}
 
     @classmethod
     async def open(cls, path: Path) -> JobStore:
@@ -420,8 +424,15 @@ class JobStore:
             return list(await self._db.execute_fetchall(sql, params))
 
     async def _settings(self, table: _SettingsTable[_Settings], key: int) -> _Settings:
+        cached = self._cache.get((table.select, key))
+        if isinstance(cached, table.cls):
+            return cached
         rows = await self._fetch(table.select, (key,))
-        return table.decode(rows[0] if rows else None)
+        settings = table.decode(rows[0] if rows else None)
+        if len(self._cache) >= _SETTINGS_CACHE_SIZE:
+            del self._cache[next(iter(self._cache))]  # the oldest entry
+        self._cache[table.select, key] = settings
+        return settings
 
     async def _update_settings(
         self, table: _SettingsTable[_Settings], key: int, changes: Mapping[str, object]
@@ -433,6 +444,7 @@ class JobStore:
             updated = replace(current, **normal)
             if updated != current:
                 await db.execute(table.upsert, table.encode(key, updated))
+        self._cache[table.select, key] = updated
         return updated
 
 
