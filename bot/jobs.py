@@ -86,6 +86,9 @@ class ImageJobs:
         self._store = store
         self._metrics = metrics
         self._tickets: dict[str, Ticket] = {}
+        # Each job's row is written in the background: admission sits in the 3-second window
+        # before Discord is answered, and the row must only exist before it changes.
+        self._recorded: dict[str, asyncio.Task[None]] = {}
 
     @property
     def scheduler(self) -> Scheduler[Rendered]:
@@ -117,13 +120,12 @@ class ImageJobs:
         loaded = asyncio.ensure_future(references()) if references is not None else None
         share = max(1, (upload_budget - _UPLOAD_OVERHEAD_BYTES) // order.count)
         request = order.request()
-        recorded = asyncio.Event()  # the job's row exists: it may be marked running
         running: list[bool] = []
 
         async def generate() -> Rendered:
             if not running:  # the first request to start marks the job running
                 running.append(True)
-                await recorded.wait()
+                await asyncio.shield(self._recorded[job.id])
                 await self._store.mark_running(job.id, time.time())
             final = request
             if loaded is not None:
@@ -138,8 +140,9 @@ class ImageJobs:
         if loaded is not None:
             # A job cancelled while queued never awaits its references: don't leak the error.
             loaded.add_done_callback(_consume_exception)
-        await self._store.add_job(_record(job.id, order, place, ticket))
-        recorded.set()
+        self._recorded[job.id] = asyncio.create_task(
+            self._store.add_job(_record(job.id, order, place, ticket))
+        )
         return job
 
     async def finish(self, job: Job[Rendered], order: Order) -> JobOutcome:
@@ -172,6 +175,7 @@ class ImageJobs:
         result: tuple[int, int] | None = None,
     ) -> None:
         """Write how a job ended (and where its result is) to the store and the metrics."""
+        await self._recorded.pop(job_id)
         delivered = len(outcome.images) if outcome is not None and status == "done" else 0
         cost = self._admission.estimate(order.image_size, delivered)
         error = outcome.errors[0] if outcome is not None and outcome.errors else None
