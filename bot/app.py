@@ -29,7 +29,7 @@ from bot.store import DB_FILENAME, JobStore
 log = logging.getLogger(__name__)
 
 _M_ARENA_MAX = -8  # mallopt parameter number, from glibc's malloc.h
-EXTENSIONS = ("cogs.results", "cogs.imagine")
+EXTENSIONS = ("cogs.results", "cogs.imagine", "cogs.admin", "cogs.history")
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ class Place:
     user_id: int
     guild_id: int | None
     channel_id: int | None
+    parent_id: int | None = None  # the channel a thread belongs to
 
 
 @dataclass(frozen=True, slots=True)

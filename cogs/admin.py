@@ -29,6 +29,7 @@ BANNED_WORD_MAX = 50
 BANNED_WORDS_INPUT_MAX = 1000
 MAX_BUDGET_USD = 100_000.0
 
+_LIMIT_FIELDS = ("user_rate_limit", "max_pending_per_user", "user_daily_quota")
 _T = TypeVar("_T")
 _NO_PINGS = discord.AllowedMentions.none()
 _REFUSAL = "🔒 Only members with the **Manage Server** permission can use this."
@@ -51,7 +52,8 @@ async def _managed_guild(interaction: discord.Interaction) -> int | None:
     if interaction.guild_id is None:
         await _reply(interaction, "This only works in a server.")
         return None
-    if not interaction.permissions.manage_guild:
+    permissions = interaction.permissions
+    if not (permissions.manage_guild or permissions.administrator):
         await _reply(interaction, _REFUSAL)
         return None
     return interaction.guild_id
@@ -148,10 +150,7 @@ class AdminCog(commands.Cog):
     ) -> None:
         if (guild_id := await _managed_guild(interaction)) is None:
             return
-        changes: dict[str, object] = {}
-        if reset:
-            changes = {"user_rate_limit": None, "max_pending_per_user": None}
-            changes["user_daily_quota"] = None
+        changes: dict[str, object] = dict.fromkeys(_LIMIT_FIELDS) if reset else {}
         if rate_limit is not None:
             spec = " ".join(rate_limit.split())
             problem = rate_limit_problem(spec)
@@ -207,13 +206,7 @@ class AdminCog(commands.Cog):
     ) -> None:
         if (guild_id := await _managed_guild(interaction)) is None:
             return
-        changes: dict[str, object] = {}
-        if reset:
-            changes = {"default_aspect_ratio": None, "default_size": None}
-        if aspect_ratio is not None:
-            changes["default_aspect_ratio"] = aspect_ratio
-        if size is not None:
-            changes["default_size"] = size
+        changes = _default_changes(aspect_ratio, size, reset=reset)
         current = await self._current(guild_id, changes)
         lines = _default_lines(current)
         await _reply(interaction, "\n".join(["✅ " + lines[0], *lines[1:]] if changes else lines))
@@ -291,13 +284,7 @@ class PreferencesCog(commands.Cog):
         reset: bool = False,
     ) -> None:
         user_id = interaction.user.id
-        changes: dict[str, object] = {}
-        if reset:
-            changes = {"default_aspect_ratio": None, "default_size": None}
-        if aspect_ratio is not None:
-            changes["default_aspect_ratio"] = aspect_ratio
-        if size is not None:
-            changes["default_size"] = size
+        changes = _default_changes(aspect_ratio, size, reset=reset)
         if changes:
             mine = await self._store.update_user_settings(user_id, **changes)
         else:
@@ -309,6 +296,20 @@ class PreferencesCog(commands.Cog):
             f"🔍 Size: {mine.default_size or 'not set'}",
         ]
         await _reply(interaction, "\n".join(lines))
+
+
+def _default_changes(
+    aspect_ratio: str | None, size: str | None, *, reset: bool
+) -> dict[str, object]:
+    """Changes to a server's or user's default options: cleared if `reset`, then the given ones."""
+    changes: dict[str, object] = (
+        {"default_aspect_ratio": None, "default_size": None} if reset else {}
+    )
+    if aspect_ratio is not None:
+        changes["default_aspect_ratio"] = aspect_ratio
+    if size is not None:
+        changes["default_size"] = size
+    return changes
 
 
 def _disallow_problem(allowed: tuple[int, ...], channel_id: int) -> str | None:
@@ -394,9 +395,9 @@ async def _send_word_list(interaction: discord.Interaction, banned: tuple[str, .
 
 def stats_text(usage: UsageStats, budget_usd: float | None, resets_at: datetime) -> str:
     """Today's usage in a server for its admins; users as mentions (sent without pings)."""
-    spend = f"${usage.estimated_spend_usd:.2f}"
+    spend = f"${usage.estimated_spend_usd:,.2f}"
     if budget_usd is not None:
-        spend += f" of ${budget_usd:.2f} budget"
+        spend += f" of ${budget_usd:,.2f} budget"
     lines = [
         f"📊 **Today in this server** (UTC day, resets <t:{int(resets_at.timestamp())}:R>)",
         f"🖼️ Images: {usage.images} from {_count(usage.jobs, 'job')}",
@@ -443,7 +444,7 @@ def _limit_lines(current: GuildSettings, defaults: Settings) -> list[str]:
 
 def _budget_line(current: GuildSettings, defaults: Settings) -> str:
     budget = _marked(current.daily_budget_usd, defaults.guild_daily_budget_usd, _budget_text)
-    return f"💰 Daily budget: {budget}"
+    return f"💰 Daily budget (estimated spend): {budget}"
 
 
 def _default_lines(current: GuildSettings) -> list[str]:
@@ -455,7 +456,8 @@ def _default_lines(current: GuildSettings) -> list[str]:
 def _words_line(current: GuildSettings) -> str:
     if not current.banned_words:
         return "🚫 Banned words: none"
-    return f"🚫 Banned words: {len(current.banned_words)} (`/imagine-admin banned-words list`)"
+    count = len(current.banned_words)
+    return f"🚫 Banned words: **{count}** {_SET_HERE} (`/imagine-admin banned-words list`)"
 
 
 def _quota_text(quota: int | None) -> str:
@@ -467,7 +469,7 @@ def _quota_text(quota: int | None) -> str:
 def _budget_text(usd: float | None) -> str:
     if usd is None:
         return "none (unlimited)"
-    return "$0 (image making paused)" if usd == 0 else f"${usd:,.2f} estimated"
+    return "$0 (image making paused)" if usd == 0 else f"${usd:,.2f}"
 
 
 def _unset_text(value: str | None) -> str:

@@ -213,8 +213,19 @@ async def _tell_interrupted(bot: BananaBot, jobs: list[JobRecord]) -> None:
             log.warning("could not tell %s about interrupted job %s: %s", job.user_id, job.id, exc)
 
 
+async def on_app_command_error(
+    interaction: discord.Interaction, error: app_commands.AppCommandError
+) -> None:
+    """Whatever a command raised: a log line for the operator, a short sentence for the user."""
+    cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+    log.error("interaction %s failed", interaction.id, exc_info=cause)
+    if not interaction.response.is_done():
+        await interaction.response.send_message(describe(cause), ephemeral=True)
+
+
 async def setup(bot: BananaBot) -> None:
     services = bot.services
+    bot.tree.on_error = on_app_command_error  # type: ignore[method-assign]
     interrupted = await services.store.interrupt_unfinished(time.time())
     if interrupted:
         log.info("%d job(s) were cut short by the last stop", len(interrupted))

@@ -136,7 +136,8 @@ def check_allowed(order: Order, place: Place, guild: GuildSettings | None) -> No
     """Refuse what this server's admins ruled out: other channels, banned words."""
     if guild is None:
         return
-    if guild.allowed_channel_ids and place.channel_id not in guild.allowed_channel_ids:
+    allowed = guild.allowed_channel_ids
+    if allowed and place.channel_id not in allowed and place.parent_id not in allowed:
         channels = " ".join(f"<#{c}>" for c in guild.allowed_channel_ids[:5])
         raise InvalidInput(f"Images can't be made in this channel here. Try {channels}.")
     prompt = order.prompt.lower()
@@ -213,7 +214,12 @@ class Runner:
         With `reply_to`, the status is private and the result replies to that message;
         otherwise the status and then the result are the interaction's public response.
         """
-        place = Place(interaction.user.id, interaction.guild_id, interaction.channel_id)
+        place = Place(
+            interaction.user.id,
+            interaction.guild_id,
+            interaction.channel_id,
+            getattr(interaction.channel, "parent_id", None),
+        )
         budget = upload_budget(interaction.guild, interaction.filesize_limit)
         try:
             order, job = await self._admit(order, place, budget)
@@ -235,7 +241,10 @@ class Runner:
     async def run_message(self, message: discord.Message, order: Order) -> None:
         """Run `order` asked for by a message that mentions the bot; everything replies to it."""
         place = Place(
-            message.author.id, message.guild.id if message.guild else None, message.channel.id
+            message.author.id,
+            message.guild.id if message.guild else None,
+            message.channel.id,
+            getattr(message.channel, "parent_id", None),
         )
         try:
             order, job = await self._admit(order, place, upload_budget(message.guild))

@@ -121,12 +121,13 @@ async def test_an_admins_changes_show_work_and_survive_a_restart(world: BotWorld
     admin = world.user("admin", permissions=ADMIN)
     channel = world.discord.channel_id
 
-    assert "✅" in await _admin(world, admin, "channels", action="allow")
+    general = world.discord.channels[channel]
+    assert "✅" in await _admin(world, admin, "channels", action="allow", channel=general)
     limits = await _admin(
         world, admin, "limits", rate_limit="3/minute;20/day", max_pending=4, daily_quota=10
     )
     assert "`3/minute;20/day`" in limits and limits.count("set here") == 3
-    assert "$2.50" in await _admin(world, admin, "budget", usd=2.5)
+    assert "**$2.50**" in await _admin(world, admin, "budget", usd=2.5)
     await _admin(world, admin, "defaults", aspect_ratio="16:9", size="2K")
     await _admin(world, admin, "banned-words", action="add", words="ogre, troll")
     before = await _admin(world, admin, "show")
@@ -140,13 +141,13 @@ async def test_an_admins_changes_show_work_and_survive_a_restart(world: BotWorld
         "**`3/minute;20/day`**",
         "**4**",
         "**10**",
-        "**$2.50",
+        "**$2.50**",
         "**16:9**",
         "**2K**",
-        "Banned words: 2",
+        "Banned words: **2**",
     ):
         assert expected in after
-    assert len(_overrides(after)) == 7
+    assert len(_overrides(after)) == 8
     # The server's defaults reach the API.
     world.gemini.enqueue(image_response(fake_png(64, 36)))
     await world.result_of(await world.discord.slash(admin, "imagine", {"prompt": "a castle"}))
@@ -156,9 +157,26 @@ async def test_an_admins_changes_show_work_and_survive_a_restart(world: BotWorld
     await _admin(world, admin, "limits", reset=True)
     await _admin(world, admin, "budget", reset=True)
     await _admin(world, admin, "defaults", reset=True)
+    await _admin(world, admin, "banned-words", action="clear")
     reset = await _admin(world, admin, "show")
     assert _overrides(reset) == []
     assert "Channels: everywhere" in reset and "`100/minute`" in reset  # the bot's default
+
+
+async def test_a_zero_budget_pauses_image_making_until_reset(world: BotWorld) -> None:
+    await world.start()
+    admin = world.user("admin", permissions=ADMIN)
+    alice = world.user("alice")
+
+    assert "paused" in await _admin(world, admin, "budget", usd=0)
+    refused = await world.discord.slash(alice, "imagine", {"prompt": "a boat"})
+    await _callback(world, refused)
+    assert not world.gemini.requests
+
+    assert "(default)" in await _admin(world, admin, "budget", reset=True)
+    world.gemini.enqueue(image_response(fake_png(32, 32)))
+    await world.result_of(await world.discord.slash(alice, "imagine", {"prompt": "a boat"}))
+    assert len(world.gemini.requests) == 1
 
 
 async def test_disallowing_keeps_an_allow_list_from_silently_becoming_everywhere(
@@ -207,6 +225,33 @@ async def test_banned_words_add_list_remove_and_clear(world: BotWorld) -> None:
     assert "at most 50 characters" in too_long
     assert "Cleared 1 banned word" in await _admin(world, admin, "banned-words", action="clear")
     assert "No banned words" in await _admin(world, admin, "banned-words", action="list")
+
+
+async def test_long_banned_word_lists_come_as_a_file_and_are_capped(world: BotWorld) -> None:
+    await world.start()
+    admin = world.user("admin", permissions=ADMIN)
+    long_words = [f"{n:02d}" + "x" * 48 for n in range(57)]
+    for start in range(0, 57, 19):
+        words = ",".join(long_words[start : start + 19])
+        assert "Added 19 words" in await _admin(
+            world, admin, "banned-words", action="add", words=words
+        )
+
+    listed = await _answer(world, admin, "imagine-admin", {"action": "list"}, sub="banned-words")
+    assert "57 banned words" in listed.content
+    (attached,) = listed.files
+    assert attached.filename == "banned-words.txt"
+    assert attached.data is not None and bytes(attached.data).decode().split("\n") == long_words
+
+    many = ",".join(f"w{n}" for n in range(150))
+    refused = await _admin(world, admin, "banned-words", action="add", words=many)
+    assert "At most 200 banned words" in refused
+    assert (
+        "57 banned words"
+        in (
+            await _answer(world, admin, "imagine-admin", {"action": "list"}, sub="banned-words")
+        ).content
+    )
 
 
 async def test_stats_count_todays_results_and_name_top_users_without_pinging(
