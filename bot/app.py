@@ -28,7 +28,9 @@ from bot.store import DB_FILENAME, JobStore
 
 log = logging.getLogger(__name__)
 
-_M_ARENA_MAX = -8  # mallopt parameter number, from glibc's malloc.h
+# mallopt parameter numbers, from glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 EXTENSIONS = ("cogs.results", "cogs.imagine", "cogs.admin", "cogs.history")
 
 
@@ -79,7 +81,7 @@ class BananaBot(commands.AutoShardedBot):
 
 
 def _limit_malloc_arenas() -> None:
-    """Keep glibc from giving every worker thread a heap of its own.
+    """Keep glibc from holding on to memory that image work frees.
 
     Pillow and base64 work in threads frees tens of MB at a time; in per-thread arenas that
     memory is rarely handed back, and the bot's footprint grows with the thread count.
@@ -91,6 +93,10 @@ def _limit_malloc_arenas() -> None:
     except OSError:  # not glibc: nothing to tune
         return
     libc.mallopt(_M_ARENA_MAX, 2)
+    # A fixed threshold: blocks of 1 MiB and more (image buffers) get their own mapping, which
+    # goes back to the system when freed, instead of glibc raising the threshold after the
+    # first big free and serving the next ones from a heap that only grows.
+    libc.mallopt(_M_MMAP_THRESHOLD, 2**20)
 
 
 def _point_at_discord(settings: Settings) -> None:

@@ -269,8 +269,11 @@ class JobStore:
     interleaving with another's statements on the shared connection.
     """
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
         self._db = db
+        # Reads go through a connection of their own: under WAL they see the last commit and
+        # never queue behind a write transaction (admission reads settings in a hurry).
+        self._reader = reader
         self._lock = asyncio.Lock()
         # Settings are read before every job is admitted and change rarely: one process owns its
         # database, so a cache that every update writes through is always current.
@@ -292,14 +295,19 @@ class JobStore:
                 log.warning("%s: WAL journal mode unavailable, using %s", path, mode)
             await db.execute("PRAGMA synchronous = NORMAL")  # durable enough under WAL
             await _migrate(db, path)
+            reader = await aiosqlite.connect(
+                path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None
+            )
         except BaseException:
             await db.close()
             raise
-        return cls(db)
+        await reader.execute("PRAGMA query_only = ON")
+        return cls(db, reader)
 
     async def close(self) -> None:
         async with self._lock:
             await self._db.close()
+            await self._reader.close()
 
     async def __aenter__(self) -> JobStore:
         return self
@@ -404,9 +412,8 @@ class JobStore:
             (totals_sql, top_sql), params = _USAGE_EVERYWHERE, (since,)
         else:
             (totals_sql, top_sql), params = _USAGE_IN_GUILD, (guild_id, since)
-        async with self._lock:
-            (totals,) = await self._db.execute_fetchall(totals_sql, params)
-            top = await self._db.execute_fetchall(top_sql, (*params, TOP_USERS))
+        (totals,) = await self._fetch(totals_sql, params)
+        top = await self._fetch(top_sql, (*params, TOP_USERS))
         return UsageStats(
             images=int(totals[0]),
             estimated_spend_usd=float(totals[1]),
@@ -420,8 +427,7 @@ class JobStore:
             yield db
 
     async def _fetch(self, sql: str, params: Iterable[object] = ()) -> list[sqlite3.Row]:
-        async with self._lock:
-            return list(await self._db.execute_fetchall(sql, params))
+        return list(await self._reader.execute_fetchall(sql, params))
 
     async def _settings(self, table: _SettingsTable[_Settings], key: int) -> _Settings:
         cached = self._cache.get((table.select, key))
