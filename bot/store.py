@@ -224,6 +224,7 @@ class _SettingsTable(Generic[_Settings]):
         # Table, key and column names are constants and field names, never caller text.
         self.select = f"SELECT {columns} FROM {table} WHERE {key} = ?"  # noqa: S608
         self.upsert = f"INSERT OR REPLACE INTO {table} ({key}, {columns}) VALUES ({slots})"  # noqa: S608
+        self.keys = f"SELECT {key} FROM {table}"  # noqa: S608
 
     def validate(self, changes: Mapping[str, object]) -> dict[str, Any]:
         """The changes normalised (lists to tuples, ints to floats), or `InvalidSetting`."""
@@ -276,8 +277,10 @@ class JobStore:
         self._reader = reader
         self._lock = asyncio.Lock()
         # Settings are read before every job is admitted and change rarely: one process owns its
-        # database, so a cache that every update writes through is always current.
+        # database, so a cache that every update writes through is always current. Most users
+        # and servers have no row at all; knowing which do spares a read for the rest.
         self._cache: dict[tuple[str, int], object] = {}
+        self._stored: set[tuple[str, int]] = set()
 
     @classmethod
     async def open(cls, path: Path) -> JobStore:
@@ -302,7 +305,10 @@ class JobStore:
             await db.close()
             raise
         await reader.execute("PRAGMA query_only = ON")
-        return cls(db, reader)
+        store = cls(db, reader)
+        for table in (_GUILD_SETTINGS, _USER_SETTINGS):
+            store._stored.update((table.select, key) for (key,) in await store._fetch(table.keys))
+        return store
 
     async def close(self) -> None:
         async with self._lock:
@@ -324,13 +330,11 @@ class JobStore:
         return True
 
     async def add_job(self, record: JobRecord) -> None:
-        async with self._transaction() as db:
-            await db.execute(_INSERT_JOB, [getattr(record, f.name) for f in fields(JobRecord)])
+        await self._statement(_INSERT_JOB, [getattr(record, f.name) for f in fields(JobRecord)])
 
     async def mark_running(self, job_id: str, at: float) -> None:
         """Record that a queued job started; a job already finished (say, cancelled) stays so."""
-        async with self._transaction() as db:
-            await db.execute(_MARK_RUNNING, (at, job_id))
+        await self._statement(_MARK_RUNNING, (at, job_id))
 
     async def finish_job(
         self,
@@ -360,16 +364,13 @@ class JobStore:
             result_message_id,
             job_id,
         )
-        async with self._transaction() as db, db.execute(_FINISH_JOB, params) as cursor:
-            updated = cursor.rowcount
-        if not updated:
+        if not await self._statement(_FINISH_JOB, params):
             log.warning("job %s is unknown or already finished; kept as it was", job_id)
 
     async def set_notify_message(self, job_id: str, message_id: int) -> None:
-        async with self._transaction() as db:
-            await db.execute(
-                "UPDATE jobs SET notify_message_id = ? WHERE id = ?", (message_id, job_id)
-            )
+        await self._statement(
+            "UPDATE jobs SET notify_message_id = ? WHERE id = ?", (message_id, job_id)
+        )
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         rows = await self._fetch(_SELECT_JOB, (job_id,))
@@ -426,10 +427,18 @@ class JobStore:
         async with self._lock, _transaction(self._db) as db:
             yield db
 
+    async def _statement(self, sql: str, params: Iterable[object]) -> int:
+        """Run one write statement, which autocommits as a transaction of its own (one trip to
+        the database thread instead of three); return how many rows it changed."""
+        async with self._lock, self._db.execute(sql, params) as cursor:
+            return cursor.rowcount
+
     async def _fetch(self, sql: str, params: Iterable[object] = ()) -> list[sqlite3.Row]:
         return list(await self._reader.execute_fetchall(sql, params))
 
     async def _settings(self, table: _SettingsTable[_Settings], key: int) -> _Settings:
+        if (table.select, key) not in self._stored:
+            return table.cls()
         cached = self._cache.get((table.select, key))
         if isinstance(cached, table.cls):
             return cached
@@ -450,6 +459,7 @@ class JobStore:
             updated = replace(current, **normal)
             if updated != current:
                 await db.execute(table.upsert, table.encode(key, updated))
+        self._stored.add((table.select, key))
         self._cache[table.select, key] = updated
         return updated
 

@@ -36,6 +36,9 @@ PROMPT_MAX = 1000
 DISCORD_UPLOAD_CAP = 10 * 2**20  # bots are refused above this even where more is advertised
 STATUS_MIN_INTERVAL = 2.0  # seconds between two edits of one status message
 STATUS_REFRESH = 5.0  # how often the elapsed time is refreshed while generating
+# Discord shows "thinking…" after the defer; the first status edit waits this long, so a
+# burst's acknowledgements aren't queued behind a wave of edits.
+FIRST_STATUS_DELAY = 1.0
 # Interaction tokens live 15 minutes; past this age a result goes out as a channel message.
 TOKEN_SAFE_AGE = datetime.timedelta(minutes=14)
 
@@ -342,6 +345,7 @@ class Runner:
 
     async def _show_status(self, job: Job[Rendered], owner: int, show: ShowStatus) -> None:
         last_text, last_edit = "", 0.0
+        await asyncio.sleep(FIRST_STATUS_DELAY)
         while job.state in (JobState.QUEUED, JobState.RUNNING):
             text = status_text(job)
             if text != last_text and time.monotonic() - last_edit >= STATUS_MIN_INTERVAL:

@@ -460,15 +460,15 @@ async def test_concurrent_calls_do_not_interleave_their_transactions(db: JobStor
 
 
 async def test_a_call_cancelled_mid_transaction_is_rolled_back(db: JobStore) -> None:
-    task = asyncio.create_task(db.add_job(job("a")))
+    task = asyncio.create_task(db.update_guild_settings(7, banned_words=["x"]))
     await asyncio.sleep(0)  # the task now waits on its BEGIN
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    await db.add_job(job("b"))
-    assert await db.get_job("a") is None
+    await db.add_job(job("b"))  # the connection is usable again
     assert await db.get_job("b") == job("b")
+    assert [tuple(row) for row in await db._fetch("SELECT COUNT(*) FROM guild_settings")] == [(0,)]
 
 
 async def test_ping_answers_until_closed(path: Path) -> None:
