@@ -7,12 +7,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Literal
 
 from bot import images
 from bot.admission import Admission, Policy, Ticket
 from bot.gemini import GeminiClient, GenerationResult, ImageRequest, InputImage
 from bot.metrics import Metrics
+from bot.quota import Reservation
 from bot.scheduler import Job, JobCancelled, Scheduler
 from bot.store import JobRecord, JobStatus, JobStore
 
@@ -194,6 +196,19 @@ class ImageJobs:
         self._metrics.images.inc(delivered)
         self._metrics.estimated_spend_usd.inc(cost)
 
+    async def recover_interrupted(self) -> list[JobRecord]:
+        """At start-up: mark the jobs the last process left unfinished, and refund their quota.
+
+        The refund reuses each job's own reservation id, so quota a job already gave back
+        before the crash is not given twice.
+        """
+        interrupted = await self._store.interrupt_unfinished(time.time())
+        for record in interrupted:
+            if record.reservation_id is not None:
+                await self._admission.refund(_reservation_of(record))
+            self._metrics.jobs.labels(outcome="interrupted", kind=record.kind).inc()
+        return interrupted
+
     async def _fit(self, result: GenerationResult, budget: int) -> tuple[images.FittedImage, ...]:
         each = max(1, budget // len(result.images))
         fitted = []
@@ -225,6 +240,20 @@ def _record(job_id: str, order: Order, place: Place, ticket: Ticket) -> JobRecor
         result_channel_id=None,
         result_message_id=None,
         notify_message_id=None,
+        reservation_id=ticket.reservation.id,
+    )
+
+
+def _reservation_of(record: JobRecord) -> Reservation:
+    assert record.reservation_id is not None
+    day = datetime.fromtimestamp(record.created_at, UTC).date().isoformat()
+    return Reservation(
+        record.reservation_id,
+        record.user_id,
+        record.guild_id,
+        record.count,
+        record.estimated_cost_usd,
+        day,
     )
 
 

@@ -75,6 +75,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             default_size TEXT
         )""",
     ),
+    # 2: the quota reservation behind each job, so a job lost to a crash can be refunded once.
+    ("ALTER TABLE jobs ADD COLUMN reservation_id TEXT",),
 )
 
 
@@ -137,6 +139,7 @@ class JobRecord:
     result_channel_id: int | None  # with `result_message_id`, a jump link to the result
     result_message_id: int | None
     notify_message_id: int | None  # the message to reply to if the job is interrupted
+    reservation_id: str | None = None  # the quota reservation the job holds
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING, Literal
 
 import discord
@@ -226,7 +225,7 @@ async def on_app_command_error(
 async def setup(bot: BananaBot) -> None:
     services = bot.services
     bot.tree.on_error = on_app_command_error  # type: ignore[method-assign]
-    interrupted = await services.store.interrupt_unfinished(time.time())
+    interrupted = await services.jobs.recover_interrupted()
     if interrupted:
         log.info("%d job(s) were cut short by the last stop", len(interrupted))
         # Held by the bot so the task isn't collected; it ends once everyone is told.

@@ -477,3 +477,22 @@ async def test_ping_answers_until_closed(path: Path) -> None:
     await opened.close()
     assert await opened.ping() is False
     await opened.close()  # closing twice is harmless
+
+
+async def test_a_version_1_database_gains_reservation_ids_and_keeps_its_jobs(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as old:
+        for statement in store.MIGRATIONS[0]:
+            old.execute(statement)
+        old.execute(
+            "INSERT INTO jobs (id, user_id, kind, prompt, count, status, created_at)"
+            " VALUES ('old', 1, 'imagine', 'a fox', 1, 'done', 0)"
+        )
+        old.execute("PRAGMA user_version = 1")
+    async with await JobStore.open(path) as migrated:
+        record = await migrated.get_job("old")
+        assert record is not None and record.prompt == "a fox"
+        assert record.reservation_id is None
+        await migrated.add_job(job("new", reservation_id="r-1"))
+        assert (await migrated.get_job("new")) == job("new", reservation_id="r-1")
+    assert raw(path, "PRAGMA user_version") == [(len(store.MIGRATIONS),)]

@@ -9,6 +9,8 @@ from tests.e2e.conftest import BotWorld, Gate, prompt_of
 from tests.fakes.discord import InteractionRecord
 from tests.fakes.gemini import prompt_blocked
 
+pytest_plugins = ["tests.redis_server"]
+
 
 async def _first_answer(world: BotWorld, record: InteractionRecord) -> str:
     """What the user sees first: a refusal (ephemeral), or the deferred job's status."""
@@ -99,3 +101,24 @@ async def test_a_burst_never_overspends_a_nearly_spent_server_budget(world: BotW
         *(world.result_of(r) for r, a in zip(records, answers, strict=True) if "budget" not in a)
     )
     assert len(world.gemini.requests) == 2
+
+
+async def test_a_job_lost_to_a_crash_gives_its_shared_quota_back(
+    world: BotWorld, redis_url: str
+) -> None:
+    settings = {"REDIS_URL": redis_url, "USER_DAILY_QUOTA": "1"}
+    await world.start(**settings)
+    alice = world.user("alice")
+    gate = Gate()
+    world.gemini.enqueue(gate)
+    await world.discord.slash(alice, "imagine", {"prompt": "lost in the crash"})
+    await gate.arrivals(1)
+    assert world.process is not None
+    world.process.send_signal(signal.SIGKILL)
+    await asyncio.wait_for(world.process.wait(), 10)
+    world.log.close()
+    gate.release()
+
+    await world.start(**settings)
+    again = await world.discord.slash(alice, "imagine", {"prompt": "second try"})
+    await world.result_of(again)  # refused as over quota, had the crash kept its image
