@@ -14,7 +14,7 @@ from bot.gemini import ASPECT_RATIOS, IMAGE_SIZES, MAX_REFERENCE_IMAGES
 from bot.jobs import Order
 from bot.store import JobRecord
 from cogs.errors import InvalidInput, clip, describe
-from cogs.results import cancel_view, result_view
+from cogs.results import make_runner
 from cogs.runner import PROMPT_MAX, Runner, check_attachments, image_urls
 
 if TYPE_CHECKING:
@@ -232,17 +232,7 @@ async def setup(bot: BananaBot) -> None:
         task = asyncio.create_task(_tell_interrupted(bot, interrupted))
         bot.background_tasks.add(task)
         task.add_done_callback(bot.background_tasks.discard)
-    cog = ImagineCog(
-        Runner(
-            services.jobs,
-            services.references,
-            services.store,
-            services.settings,
-            result_view,
-            cancel_view,
-        ),
-        bot.user.id if bot.user else None,
-    )
+    cog = ImagineCog(make_runner(services), bot.user.id if bot.user else None)
     await bot.add_cog(cog)
     # Context menus can't live inside a cog class; register the cog's method on the tree.
     bot.tree.add_command(app_commands.ContextMenu(name="Edit image", callback=cog.edit_from_menu))

@@ -13,7 +13,7 @@ from cogs.errors import InvalidInput, describe
 from cogs.runner import PROMPT_MAX, Runner, read_order
 
 if TYPE_CHECKING:
-    from bot.app import BananaBot
+    from bot.app import BananaBot, Services
 
 UPSCALE_PROMPT = (
     "Re-render this exact image at a higher resolution. Keep the content, composition, "
@@ -228,9 +228,9 @@ class Results(commands.Cog):
         await interaction.delete_original_response()
 
 
-async def setup(bot: BananaBot) -> None:
-    services = bot.services
-    runner = Runner(
+def make_runner(services: Services) -> Runner:
+    """The runner every surface uses, with this module's buttons on its messages."""
+    return Runner(
         services.jobs,
         services.references,
         services.store,
@@ -238,5 +238,8 @@ async def setup(bot: BananaBot) -> None:
         result_view,
         cancel_view,
     )
-    await bot.add_cog(Results(runner))
+
+
+async def setup(bot: BananaBot) -> None:
+    await bot.add_cog(Results(make_runner(bot.services)))
     bot.add_dynamic_items(ResultButton, CancelButton)
