@@ -116,7 +116,6 @@ async def _serve(settings: Settings) -> int:
         store = await stack.enter_async_context(await JobStore.open(_database(settings)))
         metrics = Metrics()
         scheduler: Scheduler[Rendered] = Scheduler(settings.max_concurrent_jobs)
-        stack.push_async_callback(scheduler.close, cancel_running=True)
         metrics.track_queue(lambda: scheduler.queue_depth, lambda: scheduler.in_flight)
         # One gate for Pillow work (fitting outputs, normalising inputs): Pillow's codecs release
         # the GIL, so a thread a core keeps the cores busy without piling up decoded images.
@@ -129,6 +128,9 @@ async def _serve(settings: Settings) -> int:
             store=store,
             metrics=metrics,
         )
+        # Closed first (the stack unwinds in reverse): jobs still running settle their
+        # allowances while the store and Redis are still open.
+        stack.push_async_callback(scheduler.close, cancel_running=True)
         bot = BananaBot(Services(settings, jobs, ReferenceLoader(http, cpu_slots), store))
         if settings.metrics_port is not None:
             ops = OpsServer(

@@ -89,8 +89,8 @@ class ImageJobs:
         self._store = store
         self._metrics = metrics
         self._tickets: dict[str, Ticket] = {}
-        # Each job's row is written in the background: admission sits in the 3-second window
-        # before Discord is answered, and the row must only exist before it changes.
+        # Each job's row is written in the background, as admission runs inside the 3-second
+        # window before Discord is answered; the job's later writes wait for it.
         self._recorded: dict[str, asyncio.Task[None]] = {}
 
     @property
