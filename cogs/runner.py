@@ -144,7 +144,9 @@ def check_allowed(order: Order, place: Place, guild: GuildSettings | None) -> No
         channels = " ".join(f"<#{c}>" for c in guild.allowed_channel_ids[:5])
         raise InvalidInput(f"Images can't be made in this channel here. Try {channels}.")
     prompt = order.prompt.lower()
-    if any(re.search(rf"\b{re.escape(word)}\b", prompt) for word in guild.banned_words):
+    # Whole words only, and words may begin or end with symbols ("c++"): no word character
+    # may touch either side.
+    if any(re.search(rf"(?<!\w){re.escape(word)}(?!\w)", prompt) for word in guild.banned_words):
         raise InvalidInput("That prompt uses a word this server doesn't allow.")
 
 

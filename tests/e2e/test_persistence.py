@@ -122,3 +122,14 @@ async def test_a_job_lost_to_a_crash_gives_its_shared_quota_back(
     await world.start(**settings)
     again = await world.discord.slash(alice, "imagine", {"prompt": "second try"})
     await world.result_of(again)  # refused as over quota, had the crash kept its image
+
+
+async def test_stopping_mid_job_with_shared_counters_exits_cleanly(
+    world: BotWorld, redis_url: str
+) -> None:
+    await world.start(REDIS_URL=redis_url)
+    gate = Gate()
+    world.gemini.enqueue(gate)
+    await world.discord.slash(world.user("alice"), "imagine", {"prompt": "held"})
+    await gate.arrivals(1)
+    # The fixture stops the bot with SIGTERM and checks exit code 0 and a traceback-free log.
