@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # mallopt parameter numbers, from glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
+_SETTLE_SECONDS = 10.0
 EXTENSIONS = ("cogs.results", "cogs.imagine", "cogs.admin", "cogs.history")
 
 
@@ -128,8 +129,9 @@ async def _serve(settings: Settings) -> int:
             store=store,
             metrics=metrics,
         )
-        # Closed first (the stack unwinds in reverse): jobs still running settle their
-        # allowances while the store and Redis are still open.
+        # The stack unwinds in reverse: the scheduler stops the jobs first, then they settle
+        # their allowances, and only then do the store and Redis close.
+        stack.push_async_callback(jobs.wait_settled, _SETTLE_SECONDS)
         stack.push_async_callback(scheduler.close, cancel_running=True)
         bot = BananaBot(Services(settings, jobs, ReferenceLoader(http, cpu_slots), store))
         if settings.metrics_port is not None:

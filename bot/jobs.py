@@ -89,6 +89,8 @@ class ImageJobs:
         self._store = store
         self._metrics = metrics
         self._tickets: dict[str, Ticket] = {}
+        self._all_settled = asyncio.Event()
+        self._all_settled.set()
         # Each job's row is written in the background, as admission runs inside the 3-second
         # window before Discord is answered; the job's later writes wait for it.
         self._recorded: dict[str, asyncio.Task[None]] = {}
@@ -140,6 +142,7 @@ class ImageJobs:
 
         job = self._scheduler.submit(place.user_id, [generate] * order.count)
         self._tickets[job.id] = ticket
+        self._all_settled.clear()
         if loaded is not None:
             # A job cancelled while queued never awaits its references: don't leak the error.
             loaded.add_done_callback(_consume_exception)
@@ -161,12 +164,28 @@ class ImageJobs:
                 else:
                     outcome.errors.append(result)
         except JobCancelled:
-            await self.record(job.id, order, "cancelled")
+            # Cancelled by its requester; one cut short by a stop stays unfinished, to be
+            # marked interrupted (and its requester told) at the next start.
+            if not self._scheduler.closed:
+                await self.record(job.id, order, "cancelled")
             raise
         finally:
             delivered = min(len(outcome.images), ticket.reservation.images)
-            await self._admission.settle(ticket, delivered)
+            try:
+                await self._admission.settle(ticket, delivered)
+            finally:
+                if not self._tickets:
+                    self._all_settled.set()
         return outcome
+
+    async def wait_settled(self, grace: float) -> None:
+        """At shutdown, once the scheduler has stopped the jobs: let each give back its
+        allowances while the counters they live in are still open."""
+        try:
+            async with asyncio.timeout(grace):
+                await self._all_settled.wait()
+        except TimeoutError:
+            log.warning("%d job(s) did not settle before shutdown", len(self._tickets))
 
     async def record(
         self,

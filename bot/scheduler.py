@@ -127,6 +127,11 @@ class Scheduler(Generic[T]):
         self._closed = False
 
     @property
+    def closed(self) -> bool:
+        """Whether `close` was called: jobs cancelled from now on were cut short by a stop."""
+        return self._closed
+
+    @property
     def queue_depth(self) -> int:
         """Requests waiting to start."""
         return sum(len(queue) for queue in self._queues.values())
