@@ -291,7 +291,8 @@ class GatewaySession:
         shard_id, count = self.shard
         return shard_id == (0 if guild_id is None else shard_of(guild_id, count))
 
-    async def dispatch(self, event: str, data: Json) -> None:
+    async def dispatch(self, event: str, data: Json) -> float | None:
+        """Send an event; return when it went out (time.monotonic()), or None if held back."""
         async with self._lock:  # sequence numbers go out in order
             self.seq += 1
             self.dispatched.append((event, data))
@@ -299,8 +300,9 @@ class GatewaySession:
             if self.ws is not None and not self.ws.closed:
                 with contextlib.suppress(ConnectionResetError):
                     await self.ws.send_str(frame)
-                    return
+                    return time.monotonic()
             self._backlog.append((self.seq, frame))  # replayed on RESUME
+            return None
 
     async def resume(self, ws: web.WebSocketResponse, seq: int) -> None:
         async with self._lock:
@@ -1168,7 +1170,11 @@ class FakeDiscord:
         )
         self.interactions.append(record)
         self._by_token[token] = record
-        await self._dispatch("INTERACTION_CREATE", payload, guild_id)
+        # Latency counts from when the frame went out, as Discord's 3 seconds do, not from
+        # when this fake got round to building it.
+        sent = await self._dispatch("INTERACTION_CREATE", payload, guild_id)
+        if sent is not None:
+            record.dispatched_at = sent
         return record
 
     # -- internals: gateway
@@ -1181,11 +1187,15 @@ class FakeDiscord:
         *,
         intent: int = 0,
         redacted: Json | None = None,
-    ) -> None:
+    ) -> float | None:
+        """Send an event to every session that receives it; return when the first went out."""
+        first: float | None = None
         for session in list(self.sessions.values()):
             if session.receives(guild_id) and (not intent or session.intents & intent):
                 blind = redacted is not None and not session.intents & Intent.MESSAGE_CONTENT
-                await session.dispatch(event, redacted if blind and redacted else data)
+                sent = await session.dispatch(event, redacted if blind and redacted else data)
+                first = sent if first is None else first
+        return first
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
