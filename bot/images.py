@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import pyvips
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 _MAGIC: tuple[tuple[bytes, int, str], ...] = (
@@ -86,6 +87,20 @@ _MALFORMED = (
     OverflowError,
 )
 _WARNINGS_LOCK = threading.Lock()
+
+# libvips transcodes the common output (an opaque 8-bit RGB image too large to upload) in one
+# streamed pass that never holds the decoded pixels and releases the GIL throughout: ~0.22 s
+# for a 4K PNG against ~0.6 s for Pillow, whose PNG decoder is the slow part. Process-wide:
+# no operation cache (each image is transcoded once), one vips thread per pass (the bot runs a
+# pass per core already), and only loaders that are fuzzed for untrusted input.
+_VIPS_LOADERS = {
+    "image/png": pyvips.Image.pngload_source,
+    "image/jpeg": pyvips.Image.jpegload_source,
+    "image/webp": pyvips.Image.webpload_source,
+}
+pyvips.cache_set_max(0)
+pyvips.concurrency_set(1)
+pyvips.block_untrusted_set(True)
 
 
 class ImageError(Exception):
@@ -201,10 +216,43 @@ def fit_to_budget(data: bytes, max_bytes: int) -> FittedImage:
     if len(data) <= max_bytes and mime in _EXTENSIONS:
         with _open(data, MAX_INPUT_PIXELS) as header:
             return FittedImage(data, mime, _EXTENSIONS[mime], header.width, header.height)
+    streamed = _transcode_opaque(data, mime, max_bytes)
+    if streamed is not None:
+        return streamed
     with _open(data, MAX_INPUT_PIXELS) as source, _decoding():
         source.load()
         image = _normalise(source)
     return _shrink(image, max_bytes)
+
+
+def _transcode_opaque(data: bytes, mime: str | None, max_bytes: int) -> FittedImage | None:
+    """The first step of the ladder (JPEG, full size, top quality) in one libvips pass.
+
+    Only for upright, opaque, 8-bit sRGB images; None for anything else, and for a JPEG over
+    ``max_bytes``, which both leave to the Pillow path (it also names what is wrong with a
+    corrupt image).
+    """
+    load = _VIPS_LOADERS.get(mime or "")
+    if load is None:
+        return None
+    try:
+        # A source reads `data` where it lies; a buffer would be a GIL-held copy of it.
+        image = load(pyvips.Source.new_from_memory(data), access="sequential", fail_on="error")
+        if (
+            image.width * image.height > MAX_INPUT_PIXELS
+            or image.bands != 3
+            or image.format != "uchar"
+            or image.interpretation != "srgb"
+            or (image.get_typeof("orientation") and image.get("orientation") != 1)
+        ):
+            return None
+        # keep="icc": colour profile only, no EXIF (GPS), XMP or comments; 4:2:0 as Pillow does.
+        encoded = image.jpegsave_buffer(Q=_QUALITIES[0], keep="icc", subsample_mode="on")
+    except pyvips.Error:
+        return None
+    if len(encoded) > max_bytes:
+        return None
+    return FittedImage(encoded, "image/jpeg", "jpg", image.width, image.height)
 
 
 def _open(data: bytes, max_pixels: int) -> ImageFile.ImageFile:
