@@ -88,7 +88,8 @@ class ImageJobs:
         self._admission = admission
         self._store = store
         self._metrics = metrics
-        self._tickets: dict[str, Ticket] = {}
+        self._tickets: dict[str, Ticket] = {}  # by job id, for `finish`
+        self._unsettled: set[Ticket] = set()  # admitted, not yet given back
         self._all_settled = asyncio.Event()
         self._all_settled.set()
         # Each job's row is written in the background, as admission runs inside the 3-second
@@ -99,21 +100,11 @@ class ImageJobs:
     def scheduler(self) -> Scheduler[Rendered]:
         return self._scheduler
 
-    async def admit(
-        self,
-        order: Order,
-        place: Place,
-        policy: Policy,
-        *,
-        upload_budget: int,
-        references: ReferenceLoader | None = None,
-    ) -> Job[Rendered]:
-        """Queue `order`, or raise `Refused` having taken nothing.
+    async def admit(self, order: Order, place: Place, policy: Policy) -> Ticket:
+        """Take the allowances `order` needs, or raise `Refused` having taken nothing.
 
-        References load concurrently with the queue wait; a request that starts before they
-        are ready waits for them, and if they fail every request fails without an API call.
-        Each request fits its images for upload (all of the job's together fit `upload_budget`)
-        before it gives up its concurrency slot, so full-size images never pile up in memory.
+        Nothing is queued yet: the caller acknowledges the user first, then calls `submit`, or
+        `withdraw` if the acknowledgement failed, so an unanswered request costs nothing.
         """
         try:
             ticket = await self._admission.admit(
@@ -122,6 +113,30 @@ class ImageJobs:
         except Exception:
             self._metrics.jobs.labels(outcome="refused", kind=order.kind).inc()
             raise
+        self._unsettled.add(ticket)
+        self._all_settled.clear()
+        return ticket
+
+    async def withdraw(self, ticket: Ticket) -> None:
+        """Give back everything `admit` took, for an order that will not be submitted."""
+        await self._settle(ticket, 0)
+
+    def submit(
+        self,
+        ticket: Ticket,
+        order: Order,
+        place: Place,
+        *,
+        upload_budget: int,
+        references: ReferenceLoader | None = None,
+    ) -> Job[Rendered]:
+        """Queue an admitted `order`; `finish` then waits for it.
+
+        References load concurrently with the queue wait; a request that starts before they
+        are ready waits for them, and if they fail every request fails without an API call.
+        Each request fits its images for upload (all of the job's together fit `upload_budget`)
+        before it gives up its concurrency slot, so full-size images never pile up in memory.
+        """
         loaded = asyncio.ensure_future(references()) if references is not None else None
         share = max(1, (upload_budget - _UPLOAD_OVERHEAD_BYTES) // order.count)
         request = order.request()
@@ -142,7 +157,6 @@ class ImageJobs:
 
         job = self._scheduler.submit(place.user_id, [generate] * order.count)
         self._tickets[job.id] = ticket
-        self._all_settled.clear()
         if loaded is not None:
             # A job cancelled while queued never awaits its references: don't leak the error.
             loaded.add_done_callback(_consume_exception)
@@ -170,13 +184,16 @@ class ImageJobs:
                 await self.record(job.id, order, "cancelled")
             raise
         finally:
-            delivered = min(len(outcome.images), ticket.reservation.images)
-            try:
-                await self._admission.settle(ticket, delivered)
-            finally:
-                if not self._tickets:
-                    self._all_settled.set()
+            await self._settle(ticket, min(len(outcome.images), ticket.reservation.images))
         return outcome
+
+    async def _settle(self, ticket: Ticket, delivered: int) -> None:
+        try:
+            await self._admission.settle(ticket, delivered)
+        finally:
+            self._unsettled.discard(ticket)
+            if not self._unsettled:
+                self._all_settled.set()
 
     async def wait_settled(self, grace: float) -> None:
         """At shutdown, once the scheduler has stopped the jobs: let each give back its
@@ -185,7 +202,7 @@ class ImageJobs:
             async with asyncio.timeout(grace):
                 await self._all_settled.wait()
         except TimeoutError:
-            log.warning("%d job(s) did not settle before shutdown", len(self._tickets))
+            log.warning("%d job(s) did not settle before shutdown", len(self._unsettled))
 
     async def record(
         self,

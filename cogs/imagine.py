@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+UNKNOWN_INTERACTION = 10062  # Discord's error code for an expired or unknown interaction
 RATIO_CHOICES = [app_commands.Choice(name=r, value=r) for r in ASPECT_RATIOS]
 SIZE_CHOICES = [app_commands.Choice(name=s, value=s) for s in IMAGE_SIZES]
 
@@ -217,6 +218,10 @@ async def on_app_command_error(
 ) -> None:
     """Whatever a command raised: a log line for the operator, a short sentence for the user."""
     cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+    if isinstance(cause, discord.NotFound) and cause.code == UNKNOWN_INTERACTION:
+        # Discord dropped it before we answered (its 3 seconds ran out): no one to tell.
+        log.warning("interaction %s expired before it was acknowledged", interaction.id)
+        return
     log.error("interaction %s failed", interaction.id, exc_info=cause)
     if not interaction.response.is_done():
         await interaction.response.send_message(describe(cause), ephemeral=True)

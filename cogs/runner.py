@@ -8,14 +8,14 @@ import io
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import discord
 
 from bot import images
-from bot.admission import Policy, Refused
+from bot.admission import Policy, Refused, Ticket
 from bot.gemini import (
     ASPECT_RATIOS,
     IMAGE_SIZES,
@@ -49,6 +49,7 @@ _TITLES: dict[str, str] = {
     "upscale": "🔍 Upscale",
 }
 _REFERENCE_LINK = re.compile(r"\]\((\S+?)\)")
+_Ack = TypeVar("_Ack")
 
 
 def options_text(order: Order) -> str:
@@ -225,13 +226,16 @@ class Runner:
             interaction.channel_id,
             getattr(interaction.channel, "parent_id", None),
         )
-        budget = upload_budget(interaction.guild, interaction.filesize_limit)
         try:
-            order, job = await self._admit(order, place, budget)
+            order, ticket = await self._admit(order, place)
         except (Refused, InvalidInput) as exc:
             await interaction.response.send_message(describe(exc), ephemeral=True)
             return
-        await interaction.response.defer(thinking=True, ephemeral=reply_to is not None)
+        # Acknowledged before the job is queued: a burst's acknowledgements go out ahead of its
+        # API calls, and one that fails (the 3 seconds ran out) leaves no orphaned job behind.
+        defer = interaction.response.defer(thinking=True, ephemeral=reply_to is not None)
+        budget = upload_budget(interaction.guild, interaction.filesize_limit)
+        _, job = await self._submit_after(defer, order, place, ticket, budget)
 
         async def show(text: str, view: discord.ui.View | None) -> object:
             return await interaction.edit_original_response(content=text, view=view)
@@ -252,11 +256,13 @@ class Runner:
             getattr(message.channel, "parent_id", None),
         )
         try:
-            order, job = await self._admit(order, place, upload_budget(message.guild))
+            order, ticket = await self._admit(order, place)
         except (Refused, InvalidInput) as exc:
             await message.reply(describe(exc), mention_author=False, delete_after=30)
             return
-        status = await message.reply(status_text(job), mention_author=False)
+        reply = message.reply("⏳ Queued.", mention_author=False)
+        budget = upload_budget(message.guild)
+        status, job = await self._submit_after(reply, order, place, ticket, budget)
 
         async def show(text: str, view: discord.ui.View | None) -> object:
             return await status.edit(content=text, view=view)
@@ -268,8 +274,9 @@ class Runner:
 
         await self._follow(job, order, message.author, show, deliver)
 
-    async def _admit(self, order: Order, place: Place, budget: int) -> tuple[Order, Job[Rendered]]:
-        """Apply the server's rules and the user's defaults, then queue; or raise why not."""
+    async def _admit(self, order: Order, place: Place) -> tuple[Order, Ticket]:
+        """Apply the server's rules and the user's defaults, then take the allowances; or raise
+        why not."""
         check_order(order)
         guild = await self._store.guild_settings(place.guild_id) if place.guild_id else None
         check_allowed(order, place, guild)
@@ -284,19 +291,31 @@ class Runner:
                 or mine.default_size
                 or (guild.default_size if guild else None),
             )
+        return order, await self._jobs.admit(order, place, Policy.of(self._settings, guild))
+
+    async def _submit_after(
+        self,
+        acknowledge: Awaitable[_Ack],
+        order: Order,
+        place: Place,
+        ticket: Ticket,
+        budget: int,
+    ) -> tuple[_Ack, Job[Rendered]]:
+        """Queue the admitted order once the user has been answered; if answering fails, give
+        its allowances back instead."""
+        try:
+            acknowledged = await acknowledge
+        except BaseException:
+            await asyncio.shield(self._jobs.withdraw(ticket))
+            raise
         urls = order.reference_urls
 
         async def load() -> tuple[InputImage, ...]:
             return await self._references.load(urls)
 
-        job = await self._jobs.admit(
-            order,
-            place,
-            Policy.of(self._settings, guild),
-            upload_budget=budget,
-            references=load if urls else None,
-        )
-        return order, job
+        references = load if urls else None
+        job = self._jobs.submit(ticket, order, place, upload_budget=budget, references=references)
+        return acknowledged, job
 
     async def _follow(
         self,

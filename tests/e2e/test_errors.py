@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import zlib
 from collections.abc import Callable
 
-from tests.e2e.conftest import API_KEY, BotWorld, Gate, png_size
+from tests.e2e.conftest import API_KEY, BotWorld, Gate, png_size, prompt_of
 from tests.fakes.discord import Event, InteractionRecord
 from tests.fakes.gemini import (
     DROP_CONNECTION,
@@ -143,3 +144,24 @@ async def test_a_job_outliving_its_token_is_posted_to_the_channel(world: BotWorl
     event = await world.discord.wait_for(late_result, 20)
     assert event.message is not None and not event.message.ephemeral
     assert f"<@{alice['id']}>" in event.message.content
+
+
+async def test_request_discord_dropped_before_the_acknowledgement_costs_nothing(
+    world: BotWorld,
+) -> None:
+    await world.start(MAX_PENDING_PER_USER="1", USER_DAILY_QUOTA="1")
+    alice = world.user("alice")
+    world.discord.ack_deadline = -1.0  # every answer arrives after Discord gave up
+    lost = await world.discord.slash(alice, "imagine", {"prompt": "lost in transit"})
+    world.dropped.append(lost)
+    refused = await world.discord.wait_for(lambda e: e.interaction is lost and e.kind == "callback")
+    assert refused.status == 404
+    await asyncio.sleep(0.5)  # the bot gives the allowances back once the refusal reaches it
+
+    world.discord.ack_deadline = 3.0
+    # Neither the pending slot nor the day's only image was spent on the lost request.
+    await world.result_of(await world.discord.slash(alice, "imagine", {"prompt": "again"}))
+    assert [prompt_of(r) for r in world.gemini.requests] == ["again"]
+    output = world.output()
+    assert "expired before it was acknowledged" in output
+    assert "Traceback" not in output
