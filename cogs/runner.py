@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Protocol, TypeVar
 
+import aiohttp
 import discord
 
 from bot import images
@@ -415,14 +416,14 @@ async def _deliver_to_interaction(
         log.warning("no channel to deliver interaction %s to", interaction.id)
         return None
     if token_fresh:
+        # The result is posted; pointing the status at it is a courtesy, and its failure (an
+        # expired token, a dropped connection, a stop under way) must not fail the job.
         try:
             await interaction.edit_original_response(
                 content=f"✅ Done: {message.jump_url}", view=None
             )
-        except discord.HTTPException as exc:
-            if not _token_refused(exc):
-                raise
-            log.debug("interaction %s: token expired before the status edit", interaction.id)
+        except (discord.HTTPException, aiohttp.ClientError) as exc:
+            log.info("interaction %s: status not pointed at the result: %s", interaction.id, exc)
     return message
 
 
