@@ -10,6 +10,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 _SETTLE_SECONDS = 10.0
+_WORKER_NICENESS = 10
 EXTENSIONS = ("cogs.results", "cogs.imagine", "cogs.admin", "cogs.history")
 
 
@@ -120,9 +123,25 @@ def _point_at_discord(settings: Settings) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
+def _yield_to_the_loop() -> None:
+    """Run this worker thread below the event loop's priority (Linux: nice is per thread).
+
+    Image and JSON work fill both cores in a burst; at equal priority the loop's thread waits
+    its turn behind them, and acknowledgements are late. Threads libvips starts from here
+    inherit the lower priority too.
+    """
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _WORKER_NICENESS)
+
+
 async def _serve(settings: Settings) -> int:
     _limit_malloc_arenas()
     _point_at_discord(settings)
+    # asyncio.to_thread runs CPU work (fitting images, encoding payloads) on these threads.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(thread_name_prefix="worker", initializer=_yield_to_the_loop)
+    )
     assert settings.discord_token is not None
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(aiohttp.ClientSession())
