@@ -1830,6 +1830,8 @@ class FakeDiscord:
         return echoed
 
     async def _callback(self, request: web.Request) -> Any:
+        # Discord's clock stops when the answer arrives, not when this fake has processed it.
+        arrived = time.monotonic()
         rec = self._by_token.get(request.match_info["token"])
         if rec is None or request.match_info["interaction_id"] != str(rec.id):
             raise _unknown("interaction", 10062)
@@ -1845,7 +1847,7 @@ class FakeDiscord:
             message = await self._respond(rec, kind, call.body.get("data") or {}, uploads)
         finally:
             rec._responding = False
-        rec.response_type, rec.acked_at = kind, time.monotonic()
+        rec.response_type, rec.acked_at = kind, arrived
         call.message = message
         if request.query.get("with_response") not in ("1", "true", "True"):
             return None
