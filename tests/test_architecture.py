@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,13 @@ def test_the_core_never_imports_cogs(path: Path) -> None:
 )
 def test_the_api_client_and_image_code_never_import_discord(path: Path) -> None:
     assert not {m for m in imported_modules(path) if m.split(".")[0] == "discord"}
+
+
+def test_the_api_client_loads_no_image_library() -> None:
+    # It streams answers of tens of MB; Pillow and libvips would add their weight to every
+    # process that only talks to the API, such as the API-leg benchmark.
+    code = "import sys, bot.gemini; print(sorted({'PIL', 'pyvips'} & set(sys.modules)))"
+    shown = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert shown.stdout.strip() == "[]"

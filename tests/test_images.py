@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from PIL import ExifTags, Image, ImageChops, ImageCms, PngImagePlugin
 
+from bot.image_types import sniff_mime
 from bot.images import (
     FittedImage,
     ImageError,
@@ -21,7 +22,6 @@ from bot.images import (
     UnsupportedImage,
     fit_to_budget,
     prepare_input,
-    sniff_mime,
 )
 
 

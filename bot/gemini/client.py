@@ -41,7 +41,7 @@ from bot.gemini.parser import (
     build_payload,
     parse_error,
 )
-from bot.images import sniff_mime
+from bot.image_types import sniff_mime
 
 if TYPE_CHECKING:
     from bot.settings import Settings

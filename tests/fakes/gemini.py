@@ -27,7 +27,7 @@ from bot.gemini.models import (
     MAX_REFERENCE_IMAGES,
     OUTPUT_TOKENS_PER_IMAGE,
 )
-from bot.images import sniff_mime
+from bot.image_types import sniff_mime
 
 DEFAULT_MODEL = "gemini-3.1-flash-image"
 LONG_EDGE = {"512": 512, "1K": 1024, "2K": 2048, "4K": 4096}
