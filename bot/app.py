@@ -149,11 +149,16 @@ async def _serve(settings: Settings) -> int:
         metrics = Metrics()
         scheduler: Scheduler[Rendered] = Scheduler(settings.max_concurrent_jobs)
         metrics.track_queue(lambda: scheduler.queue_depth, lambda: scheduler.in_flight)
-        # One gate for Pillow work (fitting outputs, normalising inputs): Pillow's codecs release
-        # the GIL, so a thread a core keeps the cores busy without piling up decoded images.
-        cpu_slots = asyncio.Semaphore(os.cpu_count() or 1)
+        # One gate for image work (fitting outputs, normalising inputs): the codecs release the
+        # GIL, so a thread a core keeps the cores busy without piling up decoded images.
+        cores = os.cpu_count() or 1
+        cpu_slots = asyncio.Semaphore(cores)
+        # Answers held in memory: per core, one being fitted and the next one ready.
+        client = GeminiClient.from_settings(
+            http, settings, on_retry=metrics.on_retry, held_answers=2 * cores
+        )
         jobs = ImageJobs(
-            GeminiClient.from_settings(http, settings, on_retry=metrics.on_retry),
+            client,
             scheduler,
             cpu_slots,
             admission=await stack.enter_async_context(Admission.connect(settings)),

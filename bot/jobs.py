@@ -135,7 +135,8 @@ class ImageJobs:
         References load concurrently with the queue wait; a request that starts before they
         are ready waits for them, and if they fail every request fails without an API call.
         Each request fits its images for upload (all of the job's together fit `upload_budget`)
-        before it gives up its concurrency slot, so full-size images never pile up in memory.
+        before it gives up its concurrency slot and the client's answer slot, so full-size
+        images never pile up in memory.
         """
         loaded = asyncio.ensure_future(references()) if references is not None else None
         share = max(1, (upload_budget - _UPLOAD_OVERHEAD_BYTES) // order.count)
@@ -151,9 +152,10 @@ class ImageJobs:
             if loaded is not None:
                 final = replace(request, images=request.images + await asyncio.shield(loaded))
             began = time.monotonic()
-            result = await self._client.generate(final)
-            self._metrics.api_latency_seconds.observe(time.monotonic() - began)
-            return Rendered(await self._fit(result, share), result.caption)
+            # The full-size images stay in the client's answer slot until they are fitted.
+            async with self._client.generating(final) as result:
+                self._metrics.api_latency_seconds.observe(time.monotonic() - began)
+                return Rendered(await self._fit(result, share), result.caption)
 
         job = self._scheduler.submit(place.user_id, [generate] * order.count)
         self._tickets[job.id] = ticket

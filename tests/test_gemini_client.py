@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -24,6 +25,7 @@ from bot.gemini import (
     DownloadFailed,
     GeminiClient,
     GeminiError,
+    GenerationResult,
     ImageRequest,
     InputImage,
     InvalidRequest,
@@ -348,6 +350,44 @@ async def test_invalid_requests_never_reach_the_api(
         await client.generate(request_)
 
     assert fake.requests == []
+
+
+# Memory ----------------------------------------------------------------------------------------
+
+
+async def test_answers_beyond_the_held_limit_wait_unread_until_a_slot_frees(
+    make_client: Callable[..., GeminiClient], fake: FakeGemini
+) -> None:
+    client = make_client(held_answers=1)
+    second_arrived = asyncio.Event()
+
+    async def second() -> GenerationResult:
+        result = await client.generate(ImageRequest("second"))
+        second_arrived.set()
+        return result
+
+    async with client.generating(ImageRequest("first")) as first:
+        task = asyncio.create_task(second())
+        async with asyncio.timeout(5):
+            while len(fake.requests) < 2:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # answered by the fake, but not read while the first is held
+        assert not second_arrived.is_set()
+    assert first.images
+    async with asyncio.timeout(5):
+        assert (await task).images
+
+
+async def test_an_answer_that_fails_gives_its_slot_back(
+    make_client: Callable[..., GeminiClient], fake: FakeGemini
+) -> None:
+    client = make_client(held_answers=1)
+    fake.enqueue(FakeReply(body=b'{"candidates": [{"content": {"parts": ['))
+
+    with pytest.raises(MalformedResponse):
+        await client.generate(ImageRequest("cut short"))
+    async with asyncio.timeout(5):
+        assert (await client.generate(ImageRequest("whole"))).images
 
 
 # Retries --------------------------------------------------------------------------------------

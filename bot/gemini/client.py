@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import aiohttp
@@ -73,6 +74,7 @@ class GeminiClient:
         max_download_bytes: int = 40 * 2**20,
         max_response_bytes: int = 80 * 2**20,
         decode_concurrency: int = 2,
+        held_answers: int = 4,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_retry: Callable[[int, float, GeminiError], None] | None = None,
     ) -> None:
@@ -92,6 +94,10 @@ class GeminiClient:
         self._max_response_bytes = max_response_bytes
         # JSON parsing and base64 hold the GIL; more threads at once would only starve the loop.
         self._cpu_slots = asyncio.Semaphore(decode_concurrency)
+        # Answers whose images are in memory at once: a slot is taken when a body starts to
+        # arrive and kept until the caller is done with the images (see `generating`). Other
+        # answers wait unread, so memory doesn't grow with the number of calls in flight.
+        self._answer_slots = asyncio.Semaphore(held_answers)
         self._sleep = sleep
         self._on_retry = on_retry
 
@@ -113,12 +119,28 @@ class GeminiClient:
 
     async def generate(self, request: ImageRequest) -> GenerationResult:
         """Generate an image, retrying transient failures within the retry budget."""
+        async with self.generating(request) as result:
+            return result
+
+    @contextlib.asynccontextmanager
+    async def generating(self, request: ImageRequest) -> AsyncIterator[GenerationResult]:
+        """`generate`, holding one of the client's answer slots until the block ends.
+
+        Work on the images (fitting them for upload) belongs inside the block, so that at
+        most `held_answers` answers' images are in memory however many calls are in flight.
+        """
+        with contextlib.ExitStack() as holding:
+            yield await self._generate(request, holding)
+
+    async def _generate(
+        self, request: ImageRequest, holding: contextlib.ExitStack
+    ) -> GenerationResult:
         validate_request(request)
         payload = await self._off_loop(_encode, request) if request.images else _encode(request)
         attempt, waited = 1, 0.0
         while True:
             try:
-                parsed = await self._attempt(payload)
+                parsed = await self._attempt(payload, holding)
             except _RETRYABLE as error:
                 delay = self._retry_delay(attempt, error)
                 if attempt > self._max_retries or waited + delay > self._max_retry_wait:
@@ -132,7 +154,7 @@ class GeminiClient:
             else:
                 return await self._resolve(parsed)
 
-    async def _attempt(self, payload: bytes) -> ParsedResponse:
+    async def _attempt(self, payload: bytes, holding: contextlib.ExitStack) -> ParsedResponse:
         started = time.monotonic()
         failure: GeminiError
         try:
@@ -157,12 +179,19 @@ class GeminiClient:
                 # A 4K answer is ~20 MB of JSON: decode its images as the chunks arrive rather
                 # than holding the body, then its base64 text, then the image, all at once.
                 splitter = InlineDataSplitter(self._max_response_bytes)
-                # Decoding happens on the loop, chunk by chunk; a few bodies at a time keep each
-                # loop turn short, so a wave of answers can't delay everything else.
-                async with self._cpu_slots:
-                    async for chunk in response.content.iter_any():
-                        splitter.feed(chunk)
-            return splitter.finish()
+                await self._answer_slots.acquire()
+                try:
+                    # Decoding happens on the loop, chunk by chunk; a few bodies at a time keep
+                    # each loop turn short, so a wave of answers can't delay everything else.
+                    async with self._cpu_slots:
+                        async for chunk in response.content.iter_any():
+                            splitter.feed(chunk)
+                    parsed = splitter.finish()
+                except BaseException:
+                    self._answer_slots.release()
+                    raise
+                holding.callback(self._answer_slots.release)
+            return parsed
         except TimeoutError:
             failure = RequestTimedOut(f"no complete answer within {self._timeout:g} s")
         except aiohttp.ClientError as exc:
