@@ -393,6 +393,7 @@ def _rows(figures: dict[str, Any]) -> list[tuple[str, float | str, str]]:
         ("all results posted after", figures["all_done_s"], "s"),
         ("ideal", figures["ideal_s"], "s"),
         ("ratio to ideal", figures["ratio"], "x"),
+        ("ratio to the fitting floor", figures["all_done_s"] / figures["fit_floor_s"], "x"),
         ("upload estimate (in ideal)", figures["upload_s"], "s"),
         ("API calls made", figures.get("calls", math.nan), ""),
         ("API calls in flight, peak", figures.get("peak_in_flight", math.nan), ""),
@@ -460,8 +461,9 @@ def report(results: list[RunResult], args: argparse.Namespace, fit_s: float, siz
         "makes of the 4K PNG) to the fake Discord"
     )
     print(
-        f"fit_to_budget of one 4K PNG in this process: {fit_s:.2f} s; the bot runs it one at a "
-        f"time (cpu_slots=1), so n x fit = {args.n * fit_s:.1f} s is a floor the ideal ignores"
+        f"fitting floor = n x {fit_s:.2f} s = {args.n * fit_s:.1f} s: fit_to_budget on every core "
+        "at once, as the bot runs it, takes that long per 4K PNG here (it must be re-encoded: "
+        "it is over 10 MiB); the ideal ignores it"
     )
     names = [r.label for r in results]
     table = [_rows(r.figures) for r in results]
@@ -495,13 +497,23 @@ def report(results: list[RunResult], args: argparse.Namespace, fit_s: float, siz
 
 
 def _calibrate() -> tuple[bytes, float]:
+    """One fitted upload, and seconds per image when every core fits at once, as the bot does.
+
+    This is the floor that the mandatory re-encode sets (the 4K PNG is over 10 MiB): n images
+    cannot all be posted sooner than n times this, whatever the API latency.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from bot import images
     from tests.fakes.gemini import realistic_4k_png
 
     png = realistic_4k_png()
+    cores = os.cpu_count() or 1
+    fitted = images.fit_to_budget(png, UPLOAD_CAP - 64 * 1024)  # warm-up
     started = time.perf_counter()
-    fitted = images.fit_to_budget(png, UPLOAD_CAP - 64 * 1024)
-    return fitted.data, time.perf_counter() - started
+    with ThreadPoolExecutor(cores) as pool:
+        list(pool.map(lambda _: images.fit_to_budget(png, UPLOAD_CAP), range(2 * cores)))
+    return fitted.data, (time.perf_counter() - started) / (2 * cores)
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -536,6 +548,8 @@ async def main(args: argparse.Namespace) -> int:
                 check=False,
             )
             shutil.rmtree(worktree.parent, ignore_errors=True)
+    for result in results:  # the working tree's fitting code, on this machine
+        result.figures["fit_floor_s"] = args.n * fit_s
     report(results, args, fit_s, len(fitted))
     return 0
 
