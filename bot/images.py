@@ -198,43 +198,55 @@ def fit_to_budget(data: bytes, max_bytes: int) -> FittedImage:
     if len(data) <= max_bytes and mime in _EXTENSIONS:
         with _open(data, MAX_INPUT_PIXELS) as header:
             return FittedImage(data, mime, _EXTENSIONS[mime], header.width, header.height)
-    streamed = _transcode_opaque(data, mime, max_bytes)
-    if streamed is not None:
-        return streamed
+    try:
+        fitted = _fit_opaque(data, mime, max_bytes)
+    except pyvips.Error:
+        fitted = None  # corrupt: the Pillow path names what is wrong with it
+    if fitted is not None:
+        return fitted
     with _open(data, MAX_INPUT_PIXELS) as source, _decoding():
         source.load()
         image = _normalise(source)
     return _shrink(image, max_bytes)
 
 
-def _transcode_opaque(data: bytes, mime: str | None, max_bytes: int) -> FittedImage | None:
-    """The first step of the ladder (JPEG, full size, top quality) in one libvips pass.
+def _fit_opaque(data: bytes, mime: str | None, max_bytes: int) -> FittedImage | None:
+    """Fit an upright, opaque, 8-bit sRGB image with libvips' decoder; None for any other.
 
-    Only for upright, opaque, 8-bit sRGB images; None for anything else, and for a JPEG over
-    ``max_bytes``, which both leave to the Pillow path (it also names what is wrong with a
-    corrupt image).
+    The ladder's first step (JPEG, full size, top quality) is one streamed pass that never
+    holds the pixels. Only an image that needs more steps is decoded whole, for `_shrink`.
     """
+    image = _open_opaque(data, mime)
+    if image is None:
+        return None
+    # keep="icc": colour profile only, no EXIF (GPS), XMP or comments; 4:2:0 as Pillow does.
+    encoded = image.jpegsave_buffer(Q=_QUALITIES[0], keep="icc", subsample_mode="on")
+    if len(encoded) <= max_bytes:
+        return FittedImage(encoded, "image/jpeg", "jpg", image.width, image.height)
+    image = _open_opaque(data, mime)  # a sequential image is read once
+    assert image is not None  # the same bytes passed the same checks a moment ago
+    decoded = Image.frombytes("RGB", (image.width, image.height), image.write_to_memory())
+    if image.get_typeof("icc-profile-data"):
+        decoded.info["icc_profile"] = image.get("icc-profile-data")
+    return _shrink(decoded, max_bytes)
+
+
+def _open_opaque(data: bytes, mime: str | None) -> pyvips.Image | None:
+    """``data`` as a sequential libvips image if it is upright, opaque, 8-bit sRGB, else None."""
     load = _VIPS_LOADERS.get(mime or "")
     if load is None:
         return None
-    try:
-        # A source reads `data` where it lies; a buffer would be a GIL-held copy of it.
-        image = load(pyvips.Source.new_from_memory(data), access="sequential", fail_on="error")
-        if (
-            image.width * image.height > MAX_INPUT_PIXELS
-            or image.bands != 3
-            or image.format != "uchar"
-            or image.interpretation != "srgb"
-            or (image.get_typeof("orientation") and image.get("orientation") != 1)
-        ):
-            return None
-        # keep="icc": colour profile only, no EXIF (GPS), XMP or comments; 4:2:0 as Pillow does.
-        encoded = image.jpegsave_buffer(Q=_QUALITIES[0], keep="icc", subsample_mode="on")
-    except pyvips.Error:
+    # A source reads `data` where it lies; a buffer would be a GIL-held copy of it.
+    image = load(pyvips.Source.new_from_memory(data), access="sequential", fail_on="error")
+    if (
+        image.width * image.height > MAX_INPUT_PIXELS
+        or image.bands != 3
+        or image.format != "uchar"
+        or image.interpretation != "srgb"
+        or (image.get_typeof("orientation") and image.get("orientation") != 1)
+    ):
         return None
-    if len(encoded) > max_bytes:
-        return None
-    return FittedImage(encoded, "image/jpeg", "jpg", image.width, image.height)
+    return image
 
 
 def _open(data: bytes, max_pixels: int) -> ImageFile.ImageFile:

@@ -462,18 +462,23 @@ def test_4k_photo_like_png_fits_discord_quickly() -> None:
     assert (fitted.width, fitted.height) == size, "a 4K photo fits as JPEG without shrinking"
 
 
-def test_re_encoded_output_keeps_its_colour_profile_and_drops_other_metadata() -> None:
+# Half the PNG: one JPEG fits. 20 kB: only a lower quality or a smaller size does.
+@pytest.mark.parametrize("budget", [0.5, 20_000], ids=["first-step", "ladder"])
+def test_re_encoded_output_keeps_its_colour_profile_and_drops_other_metadata(
+    budget: float,
+) -> None:
     profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     exif = Image.Exif()
     exif[ExifTags.Base.Artist] = "secret-artist"
     text = PngImagePlugin.PngInfo()
     text.add_text("Comment", "secret-comment")
     data = encode(noise((256, 256)), "PNG", icc_profile=profile, exif=exif, pnginfo=text)
+    max_bytes = int(len(data) * budget) if budget < 1 else int(budget)
 
-    fitted = fit_to_budget(data, len(data) // 2)
+    fitted = fit_to_budget(data, max_bytes)
 
-    image = assert_is_upload(fitted, len(data) // 2)
-    assert (fitted.width, fitted.height) == (256, 256)
+    image = assert_is_upload(fitted, max_bytes)
+    assert fitted.width / fitted.height == pytest.approx(1)
     assert image.info.get("icc_profile") == profile
     assert b"secret" not in fitted.data
 
