@@ -46,7 +46,7 @@ class Job(Generic[T]):
         scheduler: Scheduler[T],
         owner: int,
         job_id: str,
-        calls: Sequence[Callable[[], Awaitable[T]]],
+        size: int,
     ) -> None:
         self.owner = owner
         self.id = job_id
@@ -55,7 +55,10 @@ class Job(Generic[T]):
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self._scheduler = scheduler
-        self._requests = [_Request(self, index, call) for index, call in enumerate(calls)]
+        # The requests refer to their job, never the other way round: a finished job and its
+        # results (megabytes of images) are freed as soon as its owner lets go, not at the next
+        # full garbage collection, even when a request's closure holds the job.
+        self._size = size
         self._outcomes: dict[int, T | BaseException] = {}
         self._position: int | None = None
         self._changed = asyncio.Event()
@@ -74,7 +77,7 @@ class Job(Generic[T]):
         await self._finished.wait()
         if self.state is JobState.CANCELLED:
             raise JobCancelled(self.id)
-        return [self._outcomes[request.index] for request in self._requests]
+        return [self._outcomes[index] for index in range(self._size)]
 
     # A status loop wants "changed, or time to refresh anyway", not an exception to catch.
     async def wait_changed(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
@@ -99,10 +102,10 @@ class Job(Generic[T]):
             self.state, self._position, self.started_at = JobState.RUNNING, None, time.monotonic()
             self._changed.set()
 
-    def _settle(self, request: _Request[T], outcome: T | BaseException) -> bool:
+    def _settle(self, index: int, outcome: T | BaseException) -> bool:
         """Record one request's outcome; finish and return True once it was the last."""
-        self._outcomes[request.index] = outcome
-        if len(self._outcomes) < len(self._requests):
+        self._outcomes[index] = outcome
+        if len(self._outcomes) < self._size:
             return False
         succeeded = any(not isinstance(o, BaseException) for o in self._outcomes.values())
         self._end(JobState.DONE if succeeded else JobState.FAILED)
@@ -154,9 +157,10 @@ class Scheduler(Generic[T]):
         job_id = secrets.token_hex(4)
         while job_id in self._unfinished:
             job_id = secrets.token_hex(4)
-        job = Job(self, owner, job_id, requests)
+        job = Job(self, owner, job_id, len(requests))
         self._unfinished[job.id] = job
-        self._queues.setdefault(owner, deque()).extend(job._requests)
+        queue = self._queues.setdefault(owner, deque())
+        queue.extend(_Request(job, index, call) for index, call in enumerate(requests))
         log.debug("job %s: owner %d submitted %d requests", job.id, owner, len(requests))
         self._advance()
         job._changed.clear()  # the caller sees the job as submitted; later moves are the changes
@@ -222,7 +226,7 @@ class Scheduler(Generic[T]):
 
     def _settle(self, request: _Request[T], outcome: T | BaseException) -> None:
         job = request.job
-        if job._settle(request, outcome):
+        if job._settle(request.index, outcome):
             del self._unfinished[job.id]
             log.debug("job %s: %s", job.id, job.state.name)
 

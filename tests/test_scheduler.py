@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -244,3 +245,34 @@ async def test_close_can_cancel_running_requests(api: FakeApi) -> None:
     assert all(isinstance(outcome, asyncio.CancelledError) for outcome in outcomes)
     assert job.state is JobState.FAILED
     assert (scheduler.in_flight, scheduler.queue_depth, api.started) == (0, 0, ["a1.0"])
+
+
+class Result:
+    """A request's result that can be watched for being freed (as images' bytes would be)."""
+
+
+def submit_calling_back(scheduler: Scheduler[Result]) -> Job[Result]:
+    """Submit a request whose closure holds its own job, as the bot's requests do."""
+    job: Job[Result] | None = None
+
+    async def call() -> Result:
+        assert job is not None and job.id
+        return Result()
+
+    job = scheduler.submit(1, [call])
+    return job
+
+
+async def test_a_finished_jobs_results_are_freed_without_the_cycle_collector() -> None:
+    scheduler: Scheduler[Result] = Scheduler(1)
+    job = submit_calling_back(scheduler)
+    [result] = await job.results()
+    freed = weakref.ref(result)
+    await asyncio.sleep(0)  # the scheduler lets go of the finished task
+
+    gc.disable()
+    try:
+        del job, result
+        assert freed() is None, "a reference cycle keeps the results until a full collection"
+    finally:
+        gc.enable()
