@@ -71,8 +71,8 @@ _MALFORMED = (
 _WARNINGS_LOCK = threading.Lock()
 
 # libvips transcodes the common output (an opaque 8-bit RGB image too large to upload) in one
-# streamed pass that never holds the decoded pixels and releases the GIL throughout: ~0.22 s
-# for a 4K PNG against ~0.6 s for Pillow, whose PNG decoder is the slow part. Process-wide:
+# streamed pass that never holds the decoded pixels and releases the GIL throughout: ~0.27 s
+# for a 4K PNG against ~0.85 s through Pillow, whose PNG decoder is the slow part. Process-wide:
 # no operation cache (each image is transcoded once), one vips thread per pass (the bot runs a
 # pass per core already), and only loaders that are fuzzed for untrusted input.
 _VIPS_LOADERS = {
