@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -376,6 +377,24 @@ async def test_answers_beyond_the_held_limit_wait_unread_until_a_slot_frees(
     assert first.images
     async with asyncio.timeout(5):
         assert (await task).images
+
+
+async def test_waiting_for_an_answer_slot_is_not_counted_against_the_timeout(
+    make_client: Callable[..., GeminiClient], fake: FakeGemini
+) -> None:
+    client = make_client(held_answers=1, timeout=0.5)
+    # Several MB: more than aiohttp buffers, so reading it waits on the socket.
+    noisy = Image.frombytes("RGB", (1024, 1024), random.Random(1).randbytes(3 * 2**20))
+    buffer = io.BytesIO()
+    noisy.save(buffer, "PNG", compress_level=0)
+    fake.enqueue(image_response(jpeg()), image_response(buffer.getvalue()))
+
+    async with client.generating(ImageRequest("first")):
+        task = asyncio.create_task(client.generate(ImageRequest("second")))
+        await asyncio.sleep(1.0)  # twice the timeout, while its answer waits for the slot
+    async with asyncio.timeout(5):
+        assert (await task).images
+    assert len(fake.requests) == 2, "an answer that had arrived was asked for again"
 
 
 async def test_an_answer_that_fails_gives_its_slot_back(

@@ -9,6 +9,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import aiohttp
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 _RETRYABLE = (RateLimited, ProviderUnavailable, RequestTimedOut, ConnectionFailed)
 _BACKOFF_BASE = 1.0
 _BACKOFF_CAP = 30.0
+_NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None)
 
 _A = TypeVar("_A")
 _R = TypeVar("_R")
@@ -87,7 +89,6 @@ class GeminiClient:
         if key_in == "header":
             self._headers["x-goog-api-key"] = api_key
         self._timeout = timeout
-        self._client_timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_retries = max_retries
         self._max_retry_wait = max_retry_wait
         self._max_download_bytes = max_download_bytes
@@ -158,15 +159,7 @@ class GeminiClient:
         started = time.monotonic()
         failure: GeminiError
         try:
-            # No redirects: following one would hand the key to wherever the Location points.
-            async with self._session.post(
-                self._url,
-                params=self._params,
-                headers=self._headers,
-                data=payload,
-                timeout=self._client_timeout,
-                allow_redirects=False,
-            ) as response:
+            async with asyncio.timeout(self._timeout) as deadline, self._post(payload) as response:
                 log.debug(
                     "Gemini %s: HTTP %d after %.0f ms",
                     self._model,
@@ -179,7 +172,14 @@ class GeminiClient:
                 # A 4K answer is ~20 MB of JSON: decode its images as the chunks arrive rather
                 # than holding the body, then its base64 text, then the image, all at once.
                 splitter = InlineDataSplitter(self._max_response_bytes)
+                # Waiting for a slot is this bot's own backlog, not the API's time: the
+                # deadline stands still meanwhile, so a busy bot never retries (and pays for)
+                # an answer that has already arrived.
+                loop = asyncio.get_running_loop()
+                remaining = (deadline.when() or loop.time()) - loop.time()
+                deadline.reschedule(None)
                 await self._answer_slots.acquire()
+                deadline.reschedule(loop.time() + remaining)
                 try:
                     # Decoding happens on the loop, chunk by chunk; a few bodies at a time keep
                     # each loop turn short, so a wave of answers can't delay everything else.
@@ -199,6 +199,18 @@ class GeminiClient:
         # Raised outside the handler so the aiohttp error, whose text has the URL and key, is not
         # chained as __context__.
         raise failure
+
+    def _post(self, payload: bytes) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        # The deadline is `_attempt`'s own, hence no aiohttp timeout (its default is 5 minutes).
+        # No redirects: following one would hand the key to wherever the Location points.
+        return self._session.post(
+            self._url,
+            params=self._params,
+            headers=self._headers,
+            data=payload,
+            timeout=_NO_TIMEOUT,
+            allow_redirects=False,
+        )
 
     async def _resolve(self, parsed: ParsedResponse) -> GenerationResult:
         images: list[GeneratedImage] = []
