@@ -302,20 +302,21 @@ class Runner:
         ticket: Ticket,
         budget: int,
     ) -> tuple[_Ack, Job[Rendered]]:
-        """Queue the admitted order once the user has been answered; if answering fails, give
-        its allowances back instead."""
-        try:
-            acknowledged = await acknowledge
-        except BaseException:
-            await asyncio.shield(self._jobs.withdraw(ticket))
-            raise
+        """Queue the admitted order once the user has been answered; if answering (or
+        queueing, during a stop) fails, give its allowances back instead."""
         urls = order.reference_urls
 
         async def load() -> tuple[InputImage, ...]:
             return await self._references.load(urls)
 
-        references = load if urls else None
-        job = self._jobs.submit(ticket, order, place, upload_budget=budget, references=references)
+        try:
+            acknowledged = await acknowledge
+            job = self._jobs.submit(
+                ticket, order, place, upload_budget=budget, references=load if urls else None
+            )
+        except BaseException:
+            await asyncio.shield(self._jobs.withdraw(ticket))
+            raise
         return acknowledged, job
 
     async def _follow(
